@@ -1,0 +1,33 @@
+"""blackholes: find and study black-hole tokens in language models.
+
+A black hole is a set of tokens whose embedding vectors are bit-for-bit
+identical. The public API is imported lazily so that ``import blackholes``
+stays cheap (no torch, no matplotlib):
+
+>>> import blackholes
+>>> result = blackholes.scan("Qwen/Qwen3-4B-Instruct-2507")
+>>> result.black_hole_tokens, len(result.groups)
+(2100, 13)
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first use)
+_LAZY = {
+    "scan": "scan",
+    "ScanResult": "scan",
+    "BlackholesError": "errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'blackholes' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,70 @@
+"""Atomic output: a file appears complete under its final name, or not at all.
+
+Every file the toolkit writes goes through :func:`atomic_path`: the content is
+written to a temporary name in the same directory, flushed to disk, then renamed
+over the target (``os.replace`` is atomic on POSIX). An exception or Ctrl-C before
+the rename removes the temporary file and leaves any previous file untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it to ``path`` on success.
+
+    >>> with atomic_path("mask.safetensors") as tmp:
+    ...     save_file(tensors, tmp)
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        from .errors import BlackholesError
+
+        raise BlackholesError(f"output directory does not exist: {parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        # mkstemp makes 0600 files; give outputs the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
+        os.replace(tmp_path, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    >>> write_text("report.md", "# Report\\n")
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically.
+
+    >>> write_json("scan.json", result.to_json())
+    """
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

@@ -20,6 +20,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "scan": "scan",
     "ScanResult": "scan",
+    "load_matrix": "tensors",
+    "Matrix": "tensors",
     "BlackholesError": "errors",
 }
 

@@ -206,3 +206,327 @@ def bf16_from_float32(array: np.ndarray) -> np.ndarray:
     if nan.any():
         out[nan] = (bits[nan] >> 16).astype(np.uint16) | 0x0040  # keep NaN a quiet NaN
     return out
+
+
+# ---------------------------------------------------------------------------- sources
+#
+# A scan names *where* the matrix is (a file, a model folder, a cached model id);
+# load_matrix turns that into one memory-mapped 2-D tensor and says which key,
+# which file, and which tokenizer.json belongs to it.
+
+# Input embeddings, most common first. Exact names; _find_named also accepts
+# any key that ends with one of these after a prefix (e.g. "language_model.").
+INPUT_EMBEDDING_NAMES = (
+    "model.embed_tokens.weight",  # Llama, Qwen, Mistral, Gemma, Phi-3, OPT-style decoders
+    "transformer.wte.weight",  # GPT-2, GPT-J, Falcon-old, StarCoder
+    "gpt_neox.embed_in.weight",  # Pythia / GPT-NeoX
+    "embeddings.word_embeddings.weight",  # BERT-style encoders (saved without prefix)
+    "bert.embeddings.word_embeddings.weight",
+    "roberta.embeddings.word_embeddings.weight",
+    "transformer.word_embeddings.weight",  # BLOOM, Falcon
+    "model.decoder.embed_tokens.weight",  # OPT, BART decoder
+    "transformer.embedding.word_embeddings.weight",  # ChatGLM
+    "transformer.embd.wte.weight",  # phi-1
+    "model.language_model.embed_tokens.weight",  # multimodal wrappers (Gemma 3, ...)
+    "language_model.model.embed_tokens.weight",
+    "shared.weight",  # T5
+    "tok_embeddings.weight",  # original Llama checkpoints
+    "embed_tokens.weight",
+    "word_embeddings.weight",
+    "wte.weight",
+    "token_embedding.weight",
+    "embeddings",  # a bare matrix saved by a notebook
+    "embedding",
+)
+OUTPUT_EMBEDDING_NAMES = (
+    "lm_head.weight",
+    "gpt_neox.embed_out.weight",
+    "embed_out.weight",  # Pythia / GPT-NeoX
+    "language_model.lm_head.weight",
+    "transformer.output_layer.weight",  # ChatGLM
+    "output.weight",  # original Llama checkpoints
+    "cls.predictions.decoder.weight",  # BERT MLM head
+    "unembedding",
+    "gamma",  # the original notebooks' name for the unembedding matrix
+)
+
+
+@dataclass
+class Matrix:
+    """One 2-D embedding matrix, memory-mapped, and where it came from.
+
+    >>> m = load_matrix("Qwen/Qwen3-4B-Instruct-2507")
+    >>> m.key, m.dtype, m.shape
+    ('lm_head.weight', 'BF16', (151936, 2560))
+    """
+
+    array: np.ndarray  # 2-D, storage dtype (BF16 as raw uint16 bits); a memmap when read from disk
+    dtype: str  # safetensors dtype name: "BF16", "F32", ...
+    source: str  # as the caller gave it
+    path: Path | None  # the .safetensors file holding the tensor (None for an in-memory array)
+    key: str  # tensor name inside that file
+    tokenizer: Path | None = None  # tokenizer.json beside the model, when there is one
+    matrix: str | None = None  # "input" / "output" when chosen from a model folder
+    note: str = ""  # why this tensor was picked, for the summary
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.array.shape)  # type: ignore[return-value]
+
+
+def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str | None = None) -> Matrix:
+    """Find and memory-map one embedding matrix; read no other tensor's bytes.
+
+    ``source`` is a ``.safetensors`` file, a Hugging Face model folder (``config.json``
+    with ``model.safetensors`` or a sharded ``model.safetensors.index.json``), or a model
+    id (``org/name``, optionally ``org/name@revision``) already in the local Hugging Face
+    cache. ``key`` names the tensor; otherwise ``matrix`` ("input" or "output", default
+    "output" — the input embedding when the model ties them) picks a well-known name.
+
+    >>> m = load_matrix("gpt2")                      # cached: transformer.wte.weight (tied)
+    >>> m = load_matrix("ckpt/model.safetensors", key="lm_head.weight")
+    """
+    if matrix not in (None, "input", "output"):
+        raise BlackholesError(f"matrix must be 'input' or 'output', not {matrix!r}")
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        m = _load_from_folder(path, key, matrix)
+    elif path.exists():
+        m = _load_from_file(path, key, matrix)
+    elif _looks_like_model_id(text):
+        m = _load_from_folder(_cached_snapshot(text), key, matrix)
+    else:
+        raise BlackholesError(f"no such file or directory: {text}")
+    m.source = text
+    return m
+
+
+def _check_2d(info: TensorInfo, path: Path) -> None:
+    if len(info.shape) != 2:
+        raise BlackholesError(
+            f"tensor {info.name!r} in {path} has shape {list(info.shape)}; expected a 2-D "
+            f"[vocab, dim] matrix (pick another with --key)"
+        )
+    if info.shape[0] == 0 or info.shape[1] == 0:
+        raise BlackholesError(f"tensor {info.name!r} in {path} is empty (shape {list(info.shape)})")
+
+
+def _find_named(keys, names) -> str | None:
+    """The first of ``names`` present in ``keys``, exactly, else as a dotted suffix."""
+    keys = list(keys)
+    present = set(keys)
+    for name in names:
+        if name in present:
+            return name
+    for name in names:
+        if "." not in name:
+            continue  # bare names like "embeddings" only match exactly
+        hits = sorted(k for k in keys if k.endswith("." + name))
+        if hits:
+            return hits[0]
+    return None
+
+
+def _load_from_file(path: Path, key: str | None, matrix: str | None) -> Matrix:
+    header = read_header(path)
+    if key is None:
+        key, note = _pick_in_file(header, matrix)
+    else:
+        note = "--key"
+    info = _tensor_info(header, key)
+    _check_2d(info, path)
+    tok = path.parent / "tokenizer.json"
+    return Matrix(
+        array=map_tensor(path, info),
+        dtype=info.dtype,
+        source=str(path),
+        path=path,
+        key=key,
+        tokenizer=tok if tok.is_file() else None,
+        matrix=matrix,
+        note=note,
+    )
+
+
+def _tensor_info(header: Header, key: str) -> TensorInfo:
+    try:
+        return header.tensors[key]
+    except KeyError:
+        keys = ", ".join(sorted(header.tensors)) or "(none)"
+        raise BlackholesError(f"tensor {key!r} not found in {header.path}; keys: {keys}") from None
+
+
+def _pick_in_file(header: Header, matrix: str | None) -> tuple[str, str]:
+    """Choose the tensor in a lone file: the only 2-D one, else a well-known name."""
+    two_d = sorted(n for n, t in header.tensors.items() if len(t.shape) == 2)
+    if matrix is None and len(two_d) == 1:
+        return two_d[0], "the only 2-D tensor"
+    if matrix == "input":
+        names = INPUT_EMBEDDING_NAMES
+    elif matrix == "output":
+        names = OUTPUT_EMBEDDING_NAMES
+    else:
+        names = OUTPUT_EMBEDDING_NAMES + INPUT_EMBEDDING_NAMES
+    found = _find_named(two_d, names)
+    if found is not None:
+        return found, "well-known name"
+    if not header.tensors:
+        raise BlackholesError(f"no tensors in {header.path}")
+    if not two_d:
+        shapes = ", ".join(f"{n} {list(t.shape)}" for n, t in sorted(header.tensors.items())[:20])
+        raise BlackholesError(f"no 2-D tensor in {header.path} (tensors: {shapes})")
+    listed = ", ".join(two_d[:20]) + (f", ... ({len(two_d)} in all)" if len(two_d) > 20 else "")
+    raise BlackholesError(f"several 2-D tensors in {header.path}; pick one with --key: {listed}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BlackholesError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(doc, dict):
+        raise BlackholesError(f"unexpected contents (not a JSON object): {path}")
+    return doc
+
+
+def _is_tied(config: dict) -> bool:
+    """Whether the config says the output matrix is the input embedding."""
+    for cfg in (config, config.get("text_config") or {}):
+        if isinstance(cfg, dict) and cfg.get("tie_word_embeddings") is True:
+            return True
+    return False
+
+
+def _load_from_folder(folder: Path, key: str | None, matrix: str | None) -> Matrix:
+    """A Hugging Face model folder: single-file or sharded safetensors weights."""
+    index = folder / "model.safetensors.index.json"
+    single = folder / "model.safetensors"
+    if index.is_file():
+        weight_map = _read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise BlackholesError(f"no weight_map in {index}")
+        keys = sorted(weight_map)
+    elif single.is_file():
+        weight_map = None
+        keys = sorted(read_header(single).tensors)
+    else:
+        others = sorted(p.name for p in folder.glob("*.safetensors"))
+        if len(others) == 1:
+            single, weight_map = folder / others[0], None
+            keys = sorted(read_header(single).tensors)
+        else:
+            found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf", ".h5"))
+            hint = f" (found {', '.join(found)}; only safetensors is read)" if found else ""
+            many = f" (several .safetensors files and no index: {', '.join(others)})" if others else ""
+            raise BlackholesError(f"no safetensors weights in {folder}{many or hint}")
+
+    config_path = folder / "config.json"
+    config = _read_json(config_path) if config_path.is_file() else {}
+    if key is not None:
+        note = "--key"
+    else:
+        key, note = _pick_in_model(keys, config, matrix, folder)
+    if weight_map is not None:
+        if key not in weight_map:
+            raise BlackholesError(f"tensor {key!r} not found in {index}; keys: {_short_list(keys)}")
+        path = folder / weight_map[key]  # the one shard holding it
+    else:
+        path = single
+    header = read_header(path)
+    info = _tensor_info(header, key)
+    _check_2d(info, path)
+    tok = folder / "tokenizer.json"
+    return Matrix(
+        array=map_tensor(path, info),
+        dtype=info.dtype,
+        source=str(folder),
+        path=path,
+        key=key,
+        tokenizer=tok if tok.is_file() else None,
+        matrix=matrix or "output",
+        note=note,
+    )
+
+
+def _short_list(keys, n: int = 30) -> str:
+    keys = list(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _pick_in_model(keys, config: dict, matrix: str | None, folder: Path) -> tuple[str, str]:
+    matrix = matrix or "output"
+    tied = _is_tied(config)
+    if matrix == "output" and not tied:
+        found = _find_named(keys, OUTPUT_EMBEDDING_NAMES)
+        if found is not None:
+            return found, "output matrix"
+    found = _find_named(keys, INPUT_EMBEDDING_NAMES)
+    if found is not None:
+        if matrix == "input":
+            return found, "input embedding"
+        why = "tie_word_embeddings" if tied else "no separate lm_head"
+        return found, f"output matrix = input embedding ({why})"
+    raise BlackholesError(
+        f"no {matrix} embedding matrix with a known name in {folder}; pick one with --key "
+        f"(keys: {_short_list(keys)})"
+    )
+
+
+# ---------------------------------------------------------------------------- HF cache
+
+
+def _looks_like_model_id(text: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", text)) and not text.endswith(".safetensors")
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, honouring HF_HUB_CACHE / HF_HOME as set *now*.
+
+    (``huggingface_hub.constants`` reads the environment once, at import.)
+    """
+    env = os.environ
+    if env.get("HF_HUB_CACHE"):
+        return Path(env["HF_HUB_CACHE"]).expanduser()
+    if env.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(env["HUGGINGFACE_HUB_CACHE"]).expanduser()
+    if env.get("HF_HOME"):
+        return Path(env["HF_HOME"]).expanduser() / "hub"
+    if env.get("XDG_CACHE_HOME"):
+        return Path(env["XDG_CACHE_HOME"]).expanduser() / "huggingface" / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _cached_snapshot(model_id: str) -> Path:
+    """The snapshot folder of ``org/name[@revision]`` in the local cache; never downloads."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo_id, _, revision = model_id.partition("@")
+    cache = hf_cache_dir()
+    for name in ("config.json", "model.safetensors.index.json", "model.safetensors"):
+        try:
+            hit = try_to_load_from_cache(repo_id, name, cache_dir=cache, revision=revision or None)
+        except ValueError:  # not a valid repo id
+            hit = None
+        if isinstance(hit, str):
+            return Path(hit).parent
+    # No refs/main (e.g. copied by hand): accept a single snapshot.
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snaps = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if repo.is_dir() else []
+    if revision:
+        snaps = [p for p in snaps if p.name == revision]
+    if len(snaps) == 1:
+        return snaps[0]
+    if len(snaps) > 1:
+        raise BlackholesError(
+            f"{repo_id} has {len(snaps)} snapshots in {cache} and no refs/main; name one as "
+            f"{repo_id}@<revision>: {', '.join(p.name for p in snaps)}"
+        )
+    raise BlackholesError(
+        f"not a file or folder, and not in the local Hugging Face cache ({cache}): {model_id} "
+        f"(nothing is downloaded; set HF_HUB_CACHE or HF_HOME, or pass a path)"
+    )

@@ -1,0 +1,492 @@
+"""Density maps of embedding space: randomised PCA, 2-D histograms, row norms.
+
+Black holes are extreme density spikes: hundreds of tokens on one point. A
+density map of embedding space drawn without the black-hole mask is dominated
+by them; drawn with it, the rest of the vocabulary becomes visible. This module
+computes both maps for one matrix in a few streaming passes (numpy only):
+
+- the matrix is read in row chunks straight from its memory map (bf16 widened
+  chunk by chunk), never copied whole and never centred in memory: the mean is
+  subtracted implicitly inside the block matrix products;
+- the leading principal directions come from randomised subspace iteration
+  (Halko, Martinsson & Tropp 2011) on the covariance, one pass per iteration;
+  the PCA of all rows and the PCA of the rows outside the mask are computed in
+  the same passes (each chunk is read once per pass, whatever the number of sets).
+
+>>> m = density_map("model.safetensors", auto_mask=True)
+>>> m.peak_bin_count(), m.peak_bin_count(masked=True)
+(814, 9)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BlackholesError
+
+_CHUNK_BYTES = 32 << 20  # float32 bytes per chunk: large enough for BLAS, small next to the matrix
+
+
+# ----------------------------------------------------------------------------- PCA
+
+
+@dataclass
+class Projection:
+    """A PCA fitted on some rows of a matrix, with every row's coordinates.
+
+    ``components`` [k, D] are unit principal directions (largest variance first),
+    ``coords`` [V, k] the coordinates of *every* row (also rows not fitted) in the
+    embedding's own units, ``rows`` [V] which rows the fit used.
+    """
+
+    components: np.ndarray
+    mean: np.ndarray
+    explained_variance: np.ndarray  # per component, divided by n - 1
+    total_variance: float  # sum over all D directions, divided by n - 1
+    coords: np.ndarray
+    rows: np.ndarray
+    passes: int = 0
+
+    @property
+    def explained_variance_ratio(self) -> np.ndarray:
+        if self.total_variance <= 0:
+            return np.zeros_like(self.explained_variance)
+        return self.explained_variance / self.total_variance
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.rows.sum())
+
+    def to_json(self) -> dict:
+        return {
+            "rows": self.n_rows,
+            "components": int(self.components.shape[0]),
+            "explained_variance": [float(v) for v in self.explained_variance],
+            "explained_variance_ratio": [float(v) for v in self.explained_variance_ratio],
+            "total_variance": float(self.total_variance),
+            "passes": self.passes,
+        }
+
+
+def _chunk_rows(dim: int) -> int:
+    return max(1, _CHUNK_BYTES // (4 * max(dim, 1)))
+
+
+def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` as float32 (a view when stored as float32, else widened)."""
+    chunk = array[start:stop]
+    if chunk.dtype == np.float32:
+        return np.asarray(chunk)
+    from .tensors import to_float32
+
+    return to_float32(chunk, dtype)
+
+
+def _default_dtype(array: np.ndarray) -> str:
+    from .tensors import SAFETENSORS_DTYPES
+
+    try:
+        return SAFETENSORS_DTYPES[np.dtype(array.dtype).newbyteorder("<")]
+    except KeyError:
+        raise BlackholesError(f"cannot project a matrix of numpy dtype {array.dtype}") from None
+
+
+def pca_sets(
+    array: np.ndarray,
+    dtype: str | None = None,
+    *,
+    rows: list[np.ndarray | None] = (None,),
+    k: int = 2,
+    n_iter: int = 4,
+    oversample: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+) -> tuple[list[Projection], np.ndarray]:
+    """Randomised PCA of several row subsets of one matrix, sharing every pass.
+
+    ``array`` is a 2-D array or memory map in storage dtype (``dtype`` its
+    safetensors name; bf16 as uint16 bits). ``rows`` lists boolean selections
+    ([V], or None for all rows). Returns one :class:`Projection` per selection
+    and the L2 norm of every row (float64 [V]). ``n_iter`` passes of subspace
+    iteration (the first also gathers means and norms) plus one final pass.
+
+    >>> (all_rows, kept), norms = pca_sets(emb, "BF16", rows=[None, ~mask])
+    """
+    if array.ndim != 2:
+        raise BlackholesError(f"expected a 2-D matrix, got shape {list(array.shape)}")
+    V, D = array.shape
+    dtype = dtype or _default_dtype(array)
+    if n_iter < 1:
+        raise BlackholesError(f"n_iter must be at least 1, got {n_iter}")
+    if V < 2 or D < 1:
+        raise BlackholesError(f"need at least 2 rows and 1 column to project, got shape {[V, D]}")
+    k = min(k, D)
+    width = min(D, k + oversample)
+    sel = [np.ones(V, bool) if r is None else np.asarray(r, bool) for r in rows]
+    for s in sel:
+        if s.shape != (V,):
+            raise BlackholesError(f"row selection has shape {list(s.shape)}, expected [{V}]")
+        if s.sum() < 2:
+            raise BlackholesError(f"need at least 2 rows to project, {int(s.sum())} selected")
+    S = len(sel)
+    n = np.array([s.sum() for s in sel], dtype=np.float64)
+    step = _chunk_rows(D)
+    weights = np.stack(sel, axis=1).astype(np.float32)  # [V, S], 1 = row in set
+
+    rng = np.random.default_rng(seed)
+    omega = [rng.standard_normal((D, width)) for _ in range(S)]
+    sums = np.zeros((S, D))
+    sq_norms = np.empty(V)
+    bar = _progress_bar(n_iter + 1, progress)
+
+    # Passes 1..n_iter: G = C^T W C Omega for each set, C = X - 1 mean^T, never formed.
+    for it in range(n_iter):
+        first = it == 0
+        om32 = np.ascontiguousarray(np.concatenate(omega, axis=1), dtype=np.float32)
+        if first:
+            acc = np.zeros((D, S * width))
+        else:
+            shift = [means[s] @ omega[s] for s in range(S)]  # mean^T Omega, [width]
+            acc = np.zeros((D, S * width))
+            colsum = np.zeros((S, width))
+        for start in range(0, V, step):
+            stop = min(start + step, V)
+            x = _float_chunk(array, dtype, start, stop)
+            w = weights[start:stop]
+            y = x @ om32  # [rows, S*width]
+            if first:
+                sq_norms[start:stop] = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+                sums += (w.T @ x).astype(np.float64)
+                for s in range(S):
+                    y[:, s * width:(s + 1) * width] *= w[:, s:s + 1]
+            else:
+                for s in range(S):
+                    block = y[:, s * width:(s + 1) * width]
+                    block -= shift[s].astype(np.float32)
+                    block *= w[:, s:s + 1]
+                    colsum[s] += block.sum(axis=0, dtype=np.float64)
+            acc += x.T @ y
+        if first:
+            means = sums / n[:, None]
+            # First pass used raw X^T W X Omega; remove the mean term: - n mean mean^T Omega.
+            g = [acc[:, s * width:(s + 1) * width] - np.outer(sums[s], means[s] @ omega[s]) for s in range(S)]
+        else:
+            g = [acc[:, s * width:(s + 1) * width] - np.outer(means[s], colsum[s]) for s in range(S)]
+        omega = [np.linalg.qr(gs)[0] for gs in g]
+        bar.update(1)
+
+    # Final pass: coordinates of every row in each set's subspace, and x . mean for the variance.
+    basis = np.ascontiguousarray(np.concatenate(omega + [means.T], axis=1), dtype=np.float32)
+    z = np.empty((V, S * width), dtype=np.float32)
+    dots = np.empty((V, S))
+    for start in range(0, V, step):
+        stop = min(start + step, V)
+        x = _float_chunk(array, dtype, start, stop)
+        p = x @ basis
+        z[start:stop] = p[:, : S * width]
+        dots[start:stop] = p[:, S * width:]
+    bar.update(1)
+    bar.close()
+
+    norms = np.sqrt(np.maximum(sq_norms, 0.0))
+    out = []
+    for s in range(S):
+        zs = z[:, s * width:(s + 1) * width].astype(np.float64) - means[s] @ omega[s]
+        picked = zs[sel[s]]
+        evals, evecs = np.linalg.eigh(picked.T @ picked)
+        order = np.argsort(evals)[::-1][:k]
+        evals, evecs = evals[order], evecs[:, order]
+        components = (omega[s] @ evecs).T  # [k, D]
+        # Deterministic signs: the largest-magnitude entry of each direction is positive.
+        flip = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
+        flip[flip == 0] = 1
+        components *= flip[:, None]
+        evecs = evecs * flip[None, :]
+        centred_sq = sq_norms[sel[s]] - 2 * dots[sel[s], s] + means[s] @ means[s]
+        denom = max(n[s] - 1, 1)
+        out.append(
+            Projection(
+                components=components,
+                mean=means[s],
+                explained_variance=np.maximum(evals, 0) / denom,
+                total_variance=float(max(centred_sq.sum(), 0.0) / denom),
+                coords=(zs @ evecs).astype(np.float32),
+                rows=sel[s],
+                passes=n_iter + 1,
+            )
+        )
+    return out, norms
+
+
+def pca(array: np.ndarray, dtype: str | None = None, *, rows: np.ndarray | None = None, k: int = 2, **kw) -> Projection:
+    """Randomised PCA of a 2-D matrix (or of the selected ``rows``), streamed in chunks.
+
+    >>> p = pca(np.random.randn(1000, 64).astype(np.float32), k=2)
+    >>> p.coords.shape, p.explained_variance_ratio.round(3)
+    ((1000, 2), array([0.03 , 0.029]))
+    """
+    (proj,), _ = pca_sets(array, dtype, rows=[rows], k=k, **kw)
+    return proj
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="PCA passes", unit="pass", disable=not enabled, leave=False)
+
+
+# ------------------------------------------------------------------ density map
+
+
+@dataclass
+class Histogram2D:
+    """Token counts on a regular grid: ``counts[i, j]`` tokens in x bin i, y bin j."""
+
+    counts: np.ndarray  # int64 [bins, bins]
+    xedges: np.ndarray
+    yedges: np.ndarray
+    outside: int  # tokens beyond the plotted range (extreme outliers)
+
+    @property
+    def peak(self) -> int:
+        return int(self.counts.max()) if self.counts.size else 0
+
+
+def histogram2d(coords: np.ndarray, *, bins: int = 200, clip: float = 5e-4) -> Histogram2D:
+    """2-D histogram of [n, 2] coordinates over the central ``1 - 2*clip`` of each axis.
+
+    The range is widened by 5 % so no kept point sits on the frame; tokens beyond
+    it are counted in ``outside`` (never silently dropped).
+    """
+    ranges = []
+    for a in range(2):
+        lo, hi = np.quantile(coords[:, a], [clip, 1 - clip]) if len(coords) else (0.0, 1.0)
+        pad = 0.05 * (hi - lo) or max(abs(hi), 1e-12) * 0.05 or 1.0
+        ranges.append((float(lo - pad), float(hi + pad)))
+    counts, xe, ye = np.histogram2d(coords[:, 0], coords[:, 1], bins=bins, range=ranges)
+    counts = counts.astype(np.int64)
+    return Histogram2D(counts, xe, ye, outside=int(len(coords) - counts.sum()))
+
+
+@dataclass
+class DensityMap:
+    """Everything a density-map figure shows, for one matrix.
+
+    ``full`` is the PCA of all rows; ``masked`` (when a mask was given) the PCA of
+    the rows outside the mask, with its own histogram.
+    """
+
+    source: str
+    key: str
+    shape: tuple[int, int]
+    dtype: str
+    norms: np.ndarray  # [V] L2 norm of every row
+    full: Projection
+    hist_full: Histogram2D
+    mask: np.ndarray | None = None  # [V] True = black-hole token
+    black_hole_id: np.ndarray | None = None  # [V] 0 = none, 1 = largest group
+    masked: Projection | None = None
+    hist_masked: Histogram2D | None = None
+    mask_source: str | None = None  # "scan" or the mask file's path
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def black_hole_tokens(self) -> int:
+        return int(self.mask.sum()) if self.mask is not None else 0
+
+    def group_sizes(self) -> list[tuple[int, int, int]]:
+        """``(id, size, first_token)`` of every black-hole group, largest first."""
+        if self.black_hole_id is None:
+            return []
+        ids = self.black_hole_id
+        sizes = np.bincount(ids, minlength=1)
+        out = []
+        for gid in np.flatnonzero(sizes[1:]) + 1:
+            out.append((int(gid), int(sizes[gid]), int(np.argmax(ids == gid))))
+        out.sort(key=lambda t: (-t[1], t[0]))
+        return out
+
+    def peak_bin_count(self, masked: bool = False) -> int:
+        """Tokens in the densest bin of the map without (or with) the mask."""
+        h = self.hist_masked if masked else self.hist_full
+        return h.peak if h is not None else 0
+
+    def to_json(self) -> dict:
+        out = {
+            "source": self.source,
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "black_hole_tokens": self.black_hole_tokens,
+            "mask_source": self.mask_source,
+            "bins": int(self.hist_full.counts.shape[0]),
+            "without_mask": {
+                **self.full.to_json(),
+                "peak_bin_count": self.peak_bin_count(),
+                "tokens_outside_plot": self.hist_full.outside,
+            },
+            "norms": {
+                "min": float(self.norms.min()),
+                "median": float(np.median(self.norms)),
+                "max": float(self.norms.max()),
+            },
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+        if self.masked is not None:
+            out["with_mask"] = {
+                **self.masked.to_json(),
+                "peak_bin_count": self.peak_bin_count(masked=True),
+                "tokens_outside_plot": self.hist_masked.outside,
+            }
+            out["groups"] = [{"id": g, "size": s, "first_token": t} for g, s, t in self.group_sizes()]
+        return out
+
+
+def read_mask(path: str | os.PathLike, vocab: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read ``mask`` (and ``black_hole_id`` if present) from a scan mask file; check length.
+
+    >>> mask, ids = read_mask("mask.safetensors", 151936)
+    """
+    from .tensors import open_tensor, read_header
+
+    header = read_header(path)
+    if "mask" not in header.tensors:
+        keys = ", ".join(sorted(header.tensors)) or "(none)"
+        raise BlackholesError(f"{path} has no 'mask' tensor (keys: {keys}); write one with `blackholes scan --mask`")
+    mask = np.asarray(open_tensor(path, "mask", header))
+    if mask.ndim != 1 or mask.shape[0] != vocab:
+        raise BlackholesError(
+            f"mask in {path} has shape {list(mask.shape)} but the matrix has {vocab} rows; "
+            "was it made for another model?"
+        )
+    if mask.dtype != np.bool_:
+        mask = mask != 0
+    ids = None
+    info = header.tensors.get("black_hole_id")
+    if info is not None and info.shape == (vocab,):
+        ids = np.asarray(open_tensor(path, "black_hole_id", header)).astype(np.int64)
+    return np.array(mask, dtype=bool), ids
+
+
+def density_map(
+    source,
+    *,
+    key: str | None = None,
+    matrix: str | None = None,
+    dtype: str | None = None,
+    mask: np.ndarray | str | os.PathLike | None = None,
+    black_hole_id: np.ndarray | None = None,
+    auto_mask: bool = False,
+    bins: int = 200,
+    n_iter: int = 4,
+    seed: int = 0,
+    progress: bool = False,
+) -> DensityMap:
+    """Project a matrix onto its two leading principal directions, without and with a mask.
+
+    ``source``: anything :func:`blackholes.tensors.load_matrix` accepts, a loaded
+    ``Matrix``, or a 2-D numpy array (``dtype`` its safetensors dtype). ``mask``: a
+    boolean array [V] or the path of a ``blackholes scan --mask`` file;
+    ``auto_mask=True`` scans the same loaded matrix for black holes instead.
+
+    >>> m = density_map("Qwen/Qwen3-4B-Instruct-2507", auto_mask=True, progress=True)
+    >>> m.black_hole_tokens, m.peak_bin_count(), m.peak_bin_count(masked=True)
+    """
+    import time
+
+    if mask is not None and auto_mask:
+        raise BlackholesError("give either a mask or auto_mask=True, not both")
+    t0 = time.perf_counter()
+    array, dtype, src, tensor_key, loaded = _resolve(source, key=key, matrix=matrix, dtype=dtype)
+    V, D = array.shape
+    seconds = {"load": time.perf_counter() - t0}
+
+    mask_source = None
+    if auto_mask:
+        from .scan import scan
+
+        t = time.perf_counter()
+        result = scan(loaded if loaded is not None else array, dtype=dtype)
+        mask, black_hole_id = np.asarray(result.mask, bool), np.asarray(result.black_hole_id, np.int64)
+        mask_source = "scan"
+        seconds["scan"] = time.perf_counter() - t
+    elif isinstance(mask, (str, os.PathLike)):
+        mask_source = str(mask)
+        mask, ids = read_mask(mask, V)
+        black_hole_id = black_hole_id if black_hole_id is not None else ids
+    elif mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != (V,):
+            raise BlackholesError(f"mask has shape {list(mask.shape)} but the matrix has {V} rows")
+        mask_source = "array"
+    if mask is not None and black_hole_id is None:
+        black_hole_id = _ids_from_mask(array, mask)
+    if mask is not None and (~mask).sum() < 2:
+        raise BlackholesError(f"the mask leaves {int((~mask).sum())} of {V} rows; nothing to map")
+
+    t = time.perf_counter()
+    sets = [None] if mask is None else [None, ~mask]
+    projections, norms = pca_sets(array, dtype, rows=sets, k=2, n_iter=n_iter, seed=seed, progress=progress)
+    seconds["pca"] = time.perf_counter() - t
+
+    full = projections[0]
+    out = DensityMap(
+        source=src,
+        key=tensor_key,
+        shape=(V, D),
+        dtype=dtype,
+        norms=norms,
+        full=full,
+        hist_full=histogram2d(full.coords, bins=bins),
+        mask=mask,
+        black_hole_id=black_hole_id,
+        mask_source=mask_source,
+        seconds=seconds,
+    )
+    if mask is not None:
+        kept = projections[1]
+        out.masked = kept
+        out.hist_masked = histogram2d(kept.coords[~mask], bins=bins)
+    out.seconds["total"] = time.perf_counter() - t0
+    return out
+
+
+def _ids_from_mask(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Group ids for masked rows by their raw bytes (a mask file without ``black_hole_id``)."""
+    ids = np.zeros(mask.shape[0], dtype=np.int64)
+    rows = np.flatnonzero(mask)
+    if len(rows) == 0:
+        return ids
+    raw = np.ascontiguousarray(array[rows])
+    raw = raw.view(np.dtype((np.void, raw.dtype.itemsize * raw.shape[1]))).ravel()
+    _, inverse, counts = np.unique(raw, return_inverse=True, return_counts=True)
+    # id 1 = largest group, ties by first row
+    order = sorted(range(len(counts)), key=lambda g: (-counts[g], int(np.argmax(inverse == g))))
+    rank = np.empty(len(counts), dtype=np.int64)
+    rank[order] = np.arange(1, len(counts) + 1)
+    ids[rows] = rank[inverse.ravel()]
+    return ids
+
+
+def _resolve(source, *, key, matrix, dtype):
+    """(array, dtype name, source string, key, Matrix or None) for any accepted source."""
+    if isinstance(source, np.ndarray):
+        arr = source
+        if arr.ndim != 2:
+            raise BlackholesError(f"expected a 2-D matrix, got shape {list(arr.shape)}")
+        return arr, dtype or _default_dtype(arr), "array", key or "", None
+    from .tensors import load_matrix
+
+    loaded = source if hasattr(source, "array") and hasattr(source, "dtype") else load_matrix(
+        source, key=key, matrix=matrix
+    )
+    return loaded.array, loaded.dtype, str(loaded.source), loaded.key, loaded
+
+
+def default_path(source) -> Path:
+    """``<stem>.map.png`` beside nothing in particular: the current directory."""
+    return Path(f"{Path(str(source)).name.split('.')[0] or 'matrix'}.map.png")

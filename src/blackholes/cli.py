@@ -67,10 +67,82 @@ def _run_scan(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- map
+
+
+def _add_map(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "map",
+        help="density map of an embedding matrix, without and with the black-hole mask",
+        description=(
+            "Project an embedding matrix onto its two leading principal directions (randomised PCA, "
+            "streamed over the memory-mapped rows) and draw the token density as heat maps side by side, "
+            "without and with the black-hole mask, plus the distribution of row norms. "
+            "SOURCE is anything `blackholes scan` accepts."
+        ),
+    )
+    p.add_argument("source", metavar="SOURCE", help="file.safetensors | model directory | org/model id")
+    p.add_argument("--key", help="tensor name inside the safetensors file(s)")
+    p.add_argument("--matrix", choices=("input", "output"), help="for model directories (default: output)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mask", metavar="PATH", help="mask file written by `blackholes scan --mask`")
+    group.add_argument("--auto-mask", action="store_true", help="scan the matrix for black holes first")
+    p.add_argument("--out", metavar="FILE.png", required=True, help="where to write the figure (PNG)")
+    p.add_argument("--json", metavar="PATH", help="also write the projection's numbers as JSON")
+    p.add_argument("--bins", type=int, default=200, metavar="N", help="histogram bins per axis (default 200)")
+    p.add_argument("--title", help="figure title (default: the source and tensor name)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _run_map(args) -> int:
+    import os
+
+    from .density import density_map
+    from .errors import BlackholesError
+
+    if not args.out.lower().endswith(".png"):
+        raise BlackholesError(f"--out must name a .png file, got {args.out}")
+    if args.bins < 2 or args.bins > 2000:
+        raise BlackholesError(f"--bins must be between 2 and 2000, got {args.bins}")
+    for out in (args.out, args.json):
+        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
+            raise BlackholesError(f"output directory does not exist: {os.path.dirname(out)}")
+    result = density_map(
+        args.source, key=args.key, matrix=args.matrix, mask=args.mask, auto_mask=args.auto_mask,
+        bins=args.bins, progress=not args.quiet,
+    )
+    from .plots import plot_density_map
+
+    plot_density_map(result, args.out, title=args.title)
+    if args.json:
+        from .fileio import write_json
+
+        write_json(args.json, result.to_json())
+    if not args.quiet:
+        V, D = result.shape
+        print(f"Matrix: {result.source} [{result.key}]  {V:,} x {D:,} {result.dtype}")
+        ratio = result.full.explained_variance_ratio
+        print(f"PC1, PC2 explain {ratio[0]:.1%}, {ratio[1]:.1%} of the variance (all tokens)")
+        print(f"Densest bin without mask: {result.peak_bin_count():,} tokens")
+        if result.masked is not None:
+            print(
+                f"Densest bin with mask:    {result.peak_bin_count(masked=True):,} tokens "
+                f"({result.black_hole_tokens:,} black-hole tokens masked, from {result.mask_source})"
+            )
+        else:
+            print("No mask given: pass --auto-mask (or --mask PATH) to compare with the black holes removed")
+        print(f"Map written to {args.out}")
+        if args.json:
+            print(f"Numbers written to {args.json}")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 
 COMMANDS = [
     (_add_scan, _run_scan),
+    (_add_map, _run_map),
 ]
 
 

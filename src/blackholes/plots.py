@@ -40,8 +40,7 @@ def _density_panel(fig, ax, hist, title: str, cmap: str = "viridis"):
     from matplotlib.colors import LogNorm
 
     counts = np.ma.masked_equal(hist.counts.T, 0)  # histogram2d is [x, y]; imshow wants [row=y, col=x]
-    colours = plt.get_cmap(cmap).copy()
-    colours.set_bad("white")
+    colours = plt.get_cmap(cmap).with_extremes(bad="white")
     vmax = max(hist.peak, 2)
     image = ax.imshow(
         counts,

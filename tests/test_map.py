@@ -1,0 +1,185 @@
+"""`blackholes map`: streaming randomised PCA, density maps with and without the mask."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from blackholes.cli import main
+from blackholes.density import density_map, pca, pca_sets, read_mask
+from blackholes.errors import BlackholesError
+from blackholes.tensors import bf16_from_float32, save_safetensors, to_float32
+
+
+def _matrix(V=4000, D=48, seed=0, offset=3.0):
+    """Rows with a decaying spectrum (so the leading directions are well defined), off the origin."""
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.standard_normal((D, D)))[0]
+    x = (rng.standard_normal((V, D)) * np.geomspace(6, 0.1, D)) @ basis + offset
+    return x.astype(np.float32)
+
+
+def _planted(V=4000, D=48):
+    """A matrix with a 600-token black hole (rows 100..699) and a 7-token one (rows 3..9)."""
+    x = _matrix(V, D)
+    x[100:700] = x[100]
+    x[3:10] = x[3]
+    mask = np.zeros(V, bool)
+    mask[100:700] = True
+    mask[3:10] = True
+    return x, mask
+
+
+def _reference(x: np.ndarray, rows=None, k=2):
+    sub = x if rows is None else x[rows]
+    sub = sub.astype(np.float64)
+    centred = sub - sub.mean(axis=0)
+    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    return vt[:k], s**2 / (len(sub) - 1)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosines of the principal angles between the row spaces of a and b (orthonormal rows)."""
+    return np.linalg.svd(a @ b.T, compute_uv=False)
+
+
+@pytest.mark.parametrize("rows", [None, "planted"])
+def test_pca_matches_full_svd(rows):
+    x, mask = _planted()
+    sel = None if rows is None else ~mask
+    proj = pca(x, rows=sel, k=2)
+    vt, var = _reference(x, sel)
+    assert _cosines(proj.components, vt).min() > 0.9999
+    np.testing.assert_allclose(proj.explained_variance, var[:2], rtol=1e-4)
+    np.testing.assert_allclose(proj.total_variance, var.sum(), rtol=1e-4)
+    # coordinates: every row (fitted or not) projected on the fitted mean and directions
+    sub = x if sel is None else x[sel]
+    ref = (x.astype(np.float64) - sub.astype(np.float64).mean(axis=0)) @ proj.components.T
+    np.testing.assert_allclose(proj.coords, ref, atol=1e-3 * np.abs(ref).max())
+
+
+def test_pca_bf16_equals_pca_of_widened_matrix():
+    bits = bf16_from_float32(_matrix(1000, 32))
+    a = pca(bits, "BF16")
+    b = pca(to_float32(bits, "BF16"), "F32")
+    np.testing.assert_allclose(a.coords, b.coords, rtol=1e-5, atol=1e-5)
+
+
+def test_pca_streams_in_chunks(monkeypatch):
+    """Many small chunks give the same answer as one: the implicit centring is exact per chunk."""
+    import blackholes.density as density
+
+    x = _matrix(3000, 40)
+    whole = pca(x)
+    monkeypatch.setattr(density, "_CHUNK_BYTES", 40 * 4 * 7)  # 7 rows a chunk
+    chunked = pca(x)
+    np.testing.assert_allclose(chunked.coords, whole.coords, rtol=1e-3, atol=1e-3)
+
+
+def test_pca_sets_shares_passes_and_returns_norms():
+    x, mask = _planted()
+    (full, kept), norms = pca_sets(x, rows=[None, ~mask])
+    np.testing.assert_allclose(norms, np.linalg.norm(x.astype(np.float64), axis=1), rtol=1e-6)
+    assert full.n_rows == len(x) and kept.n_rows == int((~mask).sum())
+    # A 600-token hole pulls the first direction of the unmasked fit; the masked fit ignores it.
+    vt_kept, _ = _reference(x, ~mask)
+    assert _cosines(kept.components, vt_kept).min() > 0.9999
+
+
+def test_masked_map_loses_the_spike():
+    x, mask = _planted()
+    m = density_map(x, mask=mask, bins=60)
+    assert m.peak_bin_count() >= 600  # the black hole: one bin
+    assert m.peak_bin_count(masked=True) < 100
+    assert m.hist_masked.counts.sum() + m.hist_masked.outside == (~mask).sum()
+    assert m.hist_full.counts.sum() + m.hist_full.outside == len(x)
+    # groups recovered from raw bytes when only a mask is given
+    assert [(g, s) for g, s, _ in m.group_sizes()] == [(1, 600), (2, 7)]
+    doc = m.to_json()
+    assert doc["black_hole_tokens"] == 607
+    assert doc["without_mask"]["peak_bin_count"] >= 600
+    assert doc["with_mask"]["peak_bin_count"] < 100
+    json.dumps(doc, allow_nan=False)
+
+
+def test_density_map_without_mask():
+    m = density_map(_matrix(500, 16))
+    assert m.masked is None and m.black_hole_tokens == 0
+    assert "with_mask" not in m.to_json()
+
+
+@pytest.fixture
+def planted_file(tmp_path):
+    x, mask = _planted()
+    path = tmp_path / "emb.safetensors"
+    save_safetensors(path, {"weight": (bf16_from_float32(x), "BF16")})
+    save_safetensors(tmp_path / "mask.safetensors", {"mask": mask})
+    return path, mask
+
+
+def test_cli_map_with_mask_file(planted_file, tmp_path, capsys):
+    from matplotlib.image import imread
+
+    path, mask = planted_file
+    out, js = tmp_path / "map.png", tmp_path / "map.json"
+    rc = main(["map", str(path), "--mask", str(tmp_path / "mask.safetensors"), "--out", str(out),
+               "--json", str(js), "--quiet", "--bins", "50"])
+    assert rc == 0
+    image = imread(out)
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 900
+    doc = json.loads(js.read_text())
+    assert doc["shape"] == [4000, 48] and doc["dtype"] == "BF16"
+    assert doc["black_hole_tokens"] == int(mask.sum())
+    assert doc["with_mask"]["peak_bin_count"] < doc["without_mask"]["peak_bin_count"]
+    assert capsys.readouterr().out == ""
+
+
+def test_cli_map_auto_mask(planted_file, tmp_path):
+    pytest.importorskip("blackholes.scan")
+    path, mask = planted_file
+    js = tmp_path / "map.json"
+    assert main(["map", str(path), "--auto-mask", "--out", str(tmp_path / "m.png"), "--json", str(js), "--quiet"]) == 0
+    doc = json.loads(js.read_text())
+    assert doc["mask_source"] == "scan"
+    assert doc["black_hole_tokens"] == int(mask.sum())
+    assert [g["size"] for g in doc["groups"]] == [600, 7]
+
+
+def test_read_mask_length_mismatch(tmp_path):
+    save_safetensors(tmp_path / "mask.safetensors", {"mask": np.zeros(10, bool)})
+    with pytest.raises(BlackholesError, match="has shape \\[10\\] but the matrix has 4000 rows"):
+        read_mask(tmp_path / "mask.safetensors", 4000)
+
+
+@pytest.mark.parametrize(
+    "make_args, message",
+    [
+        (lambda d: ["--mask", str(d / "short.safetensors")], "but the matrix has 4000 rows"),
+        (lambda d: ["--mask", str(d / "emb.safetensors")], "has no 'mask' tensor"),
+        (lambda d: ["--mask", str(d / "missing.safetensors")], "no such file"),
+    ],
+)
+def test_cli_map_bad_mask(planted_file, tmp_path, capsys, make_args, message):
+    path, _ = planted_file
+    save_safetensors(tmp_path / "short.safetensors", {"mask": np.zeros(17, bool)})
+    rc = main(["map", str(path), *make_args(tmp_path), "--out", str(tmp_path / "m.png"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err and err.startswith("blackholes: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "m.png").exists()
+
+
+def test_cli_map_bad_output(planted_file, tmp_path, capsys):
+    path, _ = planted_file
+    assert main(["map", str(path), "--out", str(tmp_path / "nowhere" / "m.png")]) == 2
+    assert "output directory does not exist" in capsys.readouterr().err
+    assert main(["map", str(path), "--out", str(tmp_path / "m.jpg")]) == 2
+    assert "--out must name a .png" in capsys.readouterr().err
+
+
+def test_cli_map_mask_and_auto_mask_exclusive(planted_file, tmp_path):
+    path, _ = planted_file
+    with pytest.raises(SystemExit):
+        main(["map", str(path), "--mask", "m.safetensors", "--auto-mask", "--out", str(tmp_path / "m.png")])

@@ -22,6 +22,8 @@ _LAZY = {
     "ScanResult": "scan",
     "load_matrix": "tensors",
     "Matrix": "tensors",
+    "analyze": "dynamics",
+    "DynamicsResult": "dynamics",
     "BlackholesError": "errors",
 }
 

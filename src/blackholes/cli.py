@@ -138,11 +138,69 @@ def _run_map(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- dynamics
+
+
+def _add_dynamics(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "dynamics",
+        help="check, step by step, that a black hole moves as one rigid body",
+        description=(
+            "Read a training recording (safetensors with 'embeddings', 'grads', 'logits' per step) and check, "
+            "bit for bit at every recorded step, that the untrained tokens keep identical logits, gradients "
+            "and positions. Prints the original analysis' three sections at the sampled steps, then the "
+            "per-step verdict. Untrained tokens: bytes absent from --corpus, or --tokens, or else the "
+            "recording's never_seen metadata."
+        ),
+    )
+    p.add_argument("recording", metavar="RECORDING", help="recording.safetensors (from `blackholes train`)")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--corpus", metavar="PATH", help="untrained tokens = byte values absent from this file")
+    group.add_argument("--tokens", metavar="IDS", help="untrained token ids, e.g. '0-9,11-31,127'")
+    p.add_argument(
+        "--steps", default="0,1,2,10,100,1000,10000", metavar="LIST",
+        help="training steps for the sampled sections (default 0,1,2,10,100,1000,10000)",
+    )
+    p.add_argument("--json", metavar="PATH", help="write the full report (with per-step series) as JSON")
+    p.add_argument("--plots", metavar="DIR", help="write the dynamics figures (PNG) into DIR")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def _run_dynamics(args) -> int:
+    import os
+
+    from .dynamics import analyze
+    from .errors import BlackholesError
+
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        raise BlackholesError(f"output directory does not exist: {os.path.dirname(args.json)}")
+    if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
+        raise BlackholesError(f"--plots must be a directory: {args.plots}")
+    result = analyze(args.recording, corpus=args.corpus, tokens=args.tokens, steps=args.steps)
+    if not args.quiet:
+        print(result.report())
+    if args.json:
+        from .fileio import write_json
+
+        write_json(args.json, result.to_json())
+        if not args.quiet:
+            print(f"Report written to {args.json}")
+    if args.plots:
+        from .plots import plot_dynamics
+
+        paths = plot_dynamics(result, args.plots)
+        if not args.quiet:
+            print("Plots written: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 
 COMMANDS = [
     (_add_scan, _run_scan),
     (_add_map, _run_map),
+    (_add_dynamics, _run_dynamics),
 ]
 
 

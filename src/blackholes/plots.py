@@ -59,7 +59,7 @@ def _density_panel(fig, ax, hist, title: str, cmap: str = "viridis"):
 
 def _pc_label(proj, i: int) -> str:
     ratio = proj.explained_variance_ratio[i] * 100 if i < len(proj.explained_variance) else 0.0
-    return f"PC{i + 1} (embedding units; {ratio:.1f}% of variance)"
+    return f"PC{i + 1} (embedding units; {ratio:.2g}% of variance)"
 
 
 def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 5) -> Path:
@@ -96,8 +96,11 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
             xy[:, 0], xy[:, 1], s=260, facecolors="none", edgecolors="red", linewidths=1.6,
             label=f"black holes (largest {len(shown)} of {len(groups)} groups)",
         )
+        xmid = 0.5 * (dmap.hist_full.xedges[0] + dmap.hist_full.xedges[-1])
         for (gid, size, _), (x, y) in zip(shown, xy):
-            ax.annotate(f"#{gid}: {size:,} tokens", (x, y), xytext=(10, 8), textcoords="offset points",
+            right = x <= xmid  # keep labels inside the frame: write them towards the centre
+            ax.annotate(f"#{gid}: {size:,} tokens", (x, y), xytext=(10 if right else -10, 8),
+                        textcoords="offset points", ha="left" if right else "right",
                         color="#b00000", fontsize=8.5, fontweight="bold",
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
         ax.legend(loc="lower right", fontsize=8.5, framealpha=0.85)
@@ -135,7 +138,8 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
     ax.set_ylabel("tokens per bin (log scale)")
     ax.set_title("Row norms" + (" — black-hole tokens in red" if has_mask and n_bh else ""))
 
-    head = title or f"{dmap.source}  [{dmap.key}]" if dmap.key else (title or dmap.source)
+    name = Path(dmap.source).name if os.sep in dmap.source and Path(dmap.source).exists() else dmap.source
+    head = title or (f"{name}  [{dmap.key}]" if dmap.key else name)
     fig.suptitle(f"{head} — {V:,} × {D:,} {dmap.dtype}, projected on its two leading principal directions",
                  fontsize=11.5)
     return save_figure(fig, path)
@@ -145,3 +149,143 @@ def _note_outside(ax, outside: int) -> None:
     if outside:
         ax.text(0.01, 0.01, f"{outside:,} outlying tokens beyond the frame", transform=ax.transAxes,
                 fontsize=8, color="0.3", va="bottom")
+
+
+# ------------------------------------------------------------------ dynamics (dynamics)
+
+_HOLE, _TRAINED, _NEVER = "#1f3b73", "#d08c2b", "#2a9d5c"
+
+
+def plot_dynamics(result, out_dir: str | os.PathLike) -> list[Path]:
+    """Draw the dynamics figures of a :class:`~blackholes.dynamics.DynamicsResult` as PNGs.
+
+    Writes ``dynamics_spread.png`` (positions, gradients, logits spread against step),
+    ``dynamics_speed.png`` (the hole's speed and shared gradient norm) and
+    ``dynamics_logits.png`` (untrained vs trained logits); creates ``out_dir``.
+
+    >>> plot_dynamics(analyze("run.safetensors", corpus="gatsby.txt"), "plots/")
+    [PosixPath('plots/dynamics_spread.png'), ...]
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return [
+        _plot_spread(result, out / "dynamics_spread.png"),
+        _plot_speed(result, out / "dynamics_speed.png"),
+        _plot_logits(result, out / "dynamics_logits.png"),
+    ]
+
+
+def _step_axis(ax, steps) -> None:
+    if len(steps) and steps[-1] > 20:
+        ax.set_xscale("symlog", linthresh=1, linscale=0.4)  # step 0 stays visible
+        ax.set_xlim(0, steps[-1] * 1.05)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _log_with_zero_band(ax, steps, series: list[tuple]) -> None:
+    """Plot non-negative series on a log y axis; exact zeros go on a labelled band below.
+
+    ``series``: (values, label, colour). A log axis cannot show 0, and drawing zeros
+    at some tiny epsilon would lie; they get their own shaded baseline, ticked "0".
+    """
+    import numpy as np
+
+    finite = [v[np.isfinite(v)] for v, _, _ in series]
+    nonzero = np.concatenate([f[f > 0] for f in finite]) if finite else np.zeros(0)
+    if nonzero.size:
+        lo, hi = float(nonzero.min()), float(nonzero.max())
+    else:
+        lo = hi = 1.0
+    top_decade = int(np.ceil(np.log10(hi))) if hi > lo else int(np.floor(np.log10(lo))) + 1
+    low_decade = int(np.floor(np.log10(lo)))
+    zero_at = 10.0 ** (low_decade - 1)
+    for (values, label, colour), f in zip(series, finite):
+        shown = np.where(values == 0, zero_at, values)
+        zeros = int(np.count_nonzero(f == 0))
+        text = f"{label} ({zeros:,} of {f.size:,} steps exactly 0)" if zeros else label
+        ax.plot(steps, shown, lw=0.9, color=colour, label=text, drawstyle="steps-mid")
+    ax.set_yscale("log")
+    ax.set_ylim(zero_at / 3, 10.0 ** (top_decade + 1.2))  # headroom for the legend
+    ax.axhspan(zero_at / 3, zero_at * 3, color="0.88", zorder=0)
+    ax.text(0.995, zero_at * 1.25, "exactly 0", transform=ax.get_yaxis_transform(), ha="right",
+            va="bottom", fontsize=8, color="0.35")
+    decades = list(range(low_decade, top_decade + 1))
+    stride = max(1, int(np.ceil(len(decades) / 7)))
+    ticks = [zero_at] + [10.0**k for k in decades[::stride]]
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(["0"] + [f"$10^{{{k}}}$" for k in decades[::stride]])
+    ax.minorticks_off()
+    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+
+
+def _plot_spread(result, path: Path) -> Path:
+    import numpy as np
+
+    steps = np.asarray(result.recorded_steps)
+    s = result.series
+    fig, axes = plt.subplots(3, 1, figsize=(9, 9), sharex=True)
+    panels = [
+        ("positions", "Positions: max |coordinate - first token's|"),
+        ("grads", "Gradients: max |component - first token's|"),
+        ("logits", "Logits: max |logit - first token's|"),
+    ]
+    k = len(result.untrained_tokens)
+    for ax, (q, title) in zip(axes, panels):
+        series = [(s[f"{q}_spread"], f"untrained ({k} tokens, the hole)", _HOLE)]
+        if f"trained_{q}_spread" in s:
+            series.append((s[f"trained_{q}_spread"], f"trained ({len(result.trained_tokens)} tokens)", _TRAINED))
+        _log_with_zero_band(ax, steps, series)
+        fd = result.first_divergence[q]
+        status = "bit-identical at every step" if fd is None else f"first differ at step {fd}"
+        ax.set_title(f"{title} — untrained: {status}", fontsize=10)
+        ax.set_ylabel("spread (same units as values)", fontsize=9)
+        _step_axis(ax, steps)
+    axes[-1].set_xlabel("training step (symlog scale)")
+    fig.suptitle(f"Spread within each group, every recorded step ({len(steps):,} steps, {result.dtype})",
+                 fontsize=12)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _plot_speed(result, path: Path) -> Path:
+    import numpy as np
+
+    steps = np.asarray(result.recorded_steps)
+    s = result.series
+    fig, axes = plt.subplots(2, 1, figsize=(9, 6.5), sharex=True)
+    _log_with_zero_band(axes[0], steps, [(s["speed"], "centroid displacement per training step", _HOLE)])
+    fz = result.freeze
+    frozen = f"; frozen (no bit changed) at {fz['frozen_count']:,} steps" if fz["frozen_count"] else ""
+    axes[0].set_title(f"Speed of the black hole's centroid{frozen}", fontsize=10)
+    axes[0].set_ylabel("speed (embedding units / step)", fontsize=9)
+    _log_with_zero_band(axes[1], steps, [(s["shared_grad_norm"], "norm of the hole's (shared) gradient", _HOLE)])
+    axes[1].set_title("Gradient on the black hole (mean over its tokens = the shared gradient)", fontsize=10)
+    axes[1].set_ylabel("L2 norm of gradient row", fontsize=9)
+    for ax in axes:
+        _step_axis(ax, steps)
+    axes[-1].set_xlabel("training step (symlog scale)")
+    fig.suptitle(f"How the black hole moves ({len(result.untrained_tokens)} untrained tokens)", fontsize=12)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def _plot_logits(result, path: Path) -> Path:
+    import numpy as np
+
+    steps = np.asarray(result.recorded_steps)
+    s = result.series
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    if "trained_logit_mean" in s:
+        ax.fill_between(steps, s["trained_logit_min"], s["trained_logit_max"], color=_TRAINED, alpha=0.2,
+                        lw=0, label=f"trained tokens: min-max ({len(result.trained_tokens)})")
+        ax.plot(steps, s["trained_logit_mean"], color=_TRAINED, lw=0.9, label="trained tokens: mean")
+    same = result.identical_all_steps["logits"]
+    label = "untrained tokens (bit-identical: one value)" if same else "untrained tokens: mean"
+    ax.plot(steps, s["untrained_logit"], color=_HOLE, lw=1.2, label=label)
+    ax.set_xlabel("training step (symlog scale)" if steps[-1] > 20 else "training step")
+    ax.set_ylabel("logit (as recorded)")
+    ax.set_title("Logits of untrained vs trained tokens", fontsize=11)
+    _step_axis(ax, steps)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return save_figure(fig, path)

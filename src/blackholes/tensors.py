@@ -530,3 +530,43 @@ def _cached_snapshot(model_id: str) -> Path:
         f"not a file or folder, and not in the local Hugging Face cache ({cache}): {model_id} "
         f"(nothing is downloaded; set HF_HUB_CACHE or HF_HOME, or pass a path)"
     )
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays as one safetensors file, atomically; bf16 stays bf16.
+
+    ``tensors`` maps a name to an array (its numpy dtype gives the safetensors dtype)
+    or to ``(array, "BF16")`` for raw bf16 bits held as ``uint16`` (likewise the fp8
+    types as ``uint8``) — which ``safetensors.numpy`` cannot write. Readable by
+    ``safetensors.torch.load_file`` and by :func:`open_tensor`.
+
+    >>> save_safetensors("mask.safetensors", {"mask": mask, "vectors": (bits, "BF16")})
+    """
+    from .fileio import atomic_path
+
+    entries, arrays, offset = {}, [], 0
+    for name, value in tensors.items():
+        array, dtype = value if isinstance(value, tuple) else (value, None)
+        array = np.ascontiguousarray(array)
+        if dtype is None:
+            dtype = SAFETENSORS_DTYPES.get(array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype)
+            if dtype is None:
+                raise BlackholesError(f"cannot write numpy dtype {array.dtype} to safetensors ({name!r})")
+        if STORAGE_DTYPES[dtype].itemsize != array.dtype.itemsize:
+            raise BlackholesError(f"{name!r}: {array.dtype} arrays cannot hold {dtype} values")
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        entries[name] = {"dtype": dtype, "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        arrays.append(array)
+        offset += array.nbytes
+    if metadata:
+        entries = {"__metadata__": {str(k): str(v) for k, v in metadata.items()}, **entries}
+    header = json.dumps(entries, separators=(",", ":")).encode("utf-8")
+    header += b" " * (-len(header) % 8)  # align the data to 8 bytes, as safetensors does
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(header)))
+        f.write(header)
+        for array in arrays:
+            f.write(memoryview(array.reshape(-1)).cast("B") if array.size else b"")

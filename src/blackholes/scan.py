@@ -1,0 +1,422 @@
+"""Finding black holes: groups of rows that are bit-for-bit identical.
+
+Identity is the identity of raw bits, exactly as ``row.tobytes()`` in the original
+notebook: ``+0.0`` and ``-0.0`` differ, two NaNs with the same bits are the same.
+Every dtype is compared through an unsigned-integer view of its bytes, so bf16,
+f16, f32, f64, ints and fp8 all work, and upcasting bf16 to f32 (which is
+injective) gives the same groups.
+
+How it runs at memory speed, and stays exact:
+
+1. *Sieve.* Hash the first 64 bytes of every row. A row whose prefix hash is
+   unique has a prefix no other row has, so it is unique: proven, not guessed.
+   This touches one cache line per row, not the whole matrix.
+2. *Hash.* The rows that survive (the candidates) are hashed in full, in chunks
+   that fit in cache: a 64-bit multiply-add of the row's 8-byte words.
+3. *Verify.* Candidates are sorted by hash; every row of a run of equal hashes is
+   compared byte-for-byte with the run's first row. A run holding several distinct
+   vectors (a hash collision) is split exactly by sorting its raw bytes. A hash can
+   therefore only make the scan slower, never wrong.
+
+>>> result = scan("Qwen/Qwen3-4B-Instruct-2507")
+>>> result.unique_vectors, len(result.groups), result.black_hole_tokens
+(149849, 13, 2100)
+>>> result.save_mask("black_hole_mask.safetensors")
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BlackholesError
+from .tensors import SAFETENSORS_DTYPES, STORAGE_DTYPES, Matrix, load_matrix, save_safetensors
+
+PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
+CHUNK_BYTES = 1 << 20  # rows hashed per step: about 1 MiB, stays in L2
+
+# Odd 64-bit multipliers, fixed so that hashes are reproducible run to run.
+_MULTIPLIERS = np.random.default_rng(0x9E3779B97F4A7C15).integers(
+    0, 2**63, size=1 << 16, dtype=np.uint64
+) * np.uint64(2) + np.uint64(1)
+
+
+# ---------------------------------------------------------------------------- result
+
+
+@dataclass
+class Group:
+    """One black hole: two or more rows sharing one vector, bit for bit."""
+
+    id: int  # 1 = largest group
+    size: int
+    token_ids: list[int]  # sorted
+    tokens: list[str | None] | None = None  # readable strings (None = padding row) when a tokenizer is known
+
+    def to_json(self) -> dict:
+        out = {"id": self.id, "size": self.size, "token_ids": self.token_ids}
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
+            out["padding_rows"] = [t for t, s in zip(self.token_ids, self.tokens) if s is None]
+        return out
+
+
+@dataclass
+class ScanResult:
+    """What :func:`scan` found. Groups are largest first; equal sizes by smallest token id.
+
+    >>> r = scan("model.safetensors")
+    >>> r.mask.sum(), r.groups[0].size
+    """
+
+    source: str
+    key: str
+    shape: tuple[int, int]
+    dtype: str
+    unique_vectors: int
+    groups: list[Group]
+    black_hole_tokens: int
+    mask: np.ndarray  # bool [V], True = black-hole token
+    black_hole_id: np.ndarray  # int32 [V], 0 = none, i = groups[i-1]
+    vectors: np.ndarray = field(repr=False, default=None)  # [n_groups, D] shared vectors, storage dtype
+    path: str | None = None  # the .safetensors file read
+    tokenizer: str | None = None  # the tokenizer.json used for token strings
+    vocab_size: int | None = None  # the tokenizer's vocabulary (rows beyond it are padding)
+    note: str = ""  # why this tensor was chosen
+    seconds: float = 0.0  # time spent finding the groups
+
+    def to_json(self) -> dict:
+        """A JSON-ready report (``write_json(path, result.to_json())``)."""
+        out = {
+            "source": self.source,
+            "path": self.path,
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "unique_vectors": self.unique_vectors,
+            "black_hole_tokens": self.black_hole_tokens,
+            "black_hole_fraction": self.black_hole_tokens / self.shape[0],
+            "n_groups": len(self.groups),
+            "tie_break": "groups sorted by size (largest first), then by smallest token id",
+        }
+        if self.tokenizer is not None:
+            out["tokenizer"] = self.tokenizer
+            out["vocab_size"] = self.vocab_size
+            out["padding_rows"] = max(0, self.shape[0] - (self.vocab_size or 0))
+        out["groups"] = [g.to_json() for g in self.groups]
+        return out
+
+    def save_mask(self, path: str | os.PathLike) -> None:
+        """Write ``mask`` (bool [V]), ``black_hole_id`` (int32 [V]) and ``vectors``
+        ([n_groups, D], the source dtype; row i-1 = group i) as safetensors, atomically.
+
+        >>> r.save_mask("black_hole_mask.safetensors")
+        >>> safetensors.torch.load_file("black_hole_mask.safetensors")["mask"]
+        """
+        vectors = self.vectors if self.vectors is not None else np.zeros((0, self.shape[1]), np.uint8)
+        save_safetensors(
+            path,
+            {"mask": self.mask, "black_hole_id": self.black_hole_id, "vectors": (vectors, self.dtype)},
+            metadata={
+                "format": "blackholes.mask",
+                "source": self.source,
+                "key": self.key,
+                "shape": f"{list(self.shape)}",
+                "dtype": self.dtype,
+                "unique_vectors": str(self.unique_vectors),
+                "black_hole_tokens": str(self.black_hole_tokens),
+                "groups": str(len(self.groups)),
+            },
+        )
+
+    def summary(self, top: int = 10) -> str:
+        """The printed report, in the words of the original notebook."""
+        n, d = self.shape
+        where = f"{self.key} in {self.path}" if self.path else self.key
+        lines = [f"Scanning {where}" + (f"  ({self.note})" if self.note else "")]
+        lines += [f"  Shape: ({n:,}, {d:,})", f"  Dtype: {self.dtype}", ""]
+        lines += [
+            "Degeneracy analysis:",
+            f"  Unique vectors: {self.unique_vectors:,}",
+            f"  Degenerate groups: {len(self.groups):,}",
+            f"  Total black hole tokens: {self.black_hole_tokens:,} ({self.black_hole_tokens / n * 100:.2f}%)",
+        ]
+        if self.vocab_size is not None and n > self.vocab_size:
+            pad = int(self.mask[self.vocab_size :].sum())
+            lines.append(
+                f"  Padding rows (beyond the tokenizer's {self.vocab_size:,} tokens): {n - self.vocab_size:,}, "
+                f"{pad:,} of them black holes"
+            )
+        if self.groups and top > 0:
+            lines += ["", "Largest degenerate groups:"]
+            for g in self.groups[:top]:
+                lines.append(f"  {g.id}. {g.size:,} tokens" + _examples(g))
+            if len(self.groups) > top:
+                lines.append(f"  ... {len(self.groups) - top} more (--top N, or --json for all)")
+        elif not self.groups:
+            lines += ["", "No black holes: every row is unique."]
+        return "\n".join(lines)
+
+
+def _examples(g: Group, show: int = 4) -> str:
+    """A few of a group's tokens, e.g. "  ids 151669-151935: '<|x|>', 'y', … (+803)"."""
+    ids = g.token_ids
+    text = f"   ids {ids[0]}..{ids[-1]}" if ids[-1] - ids[0] + 1 == len(ids) else f"   ids {ids[:show]}"[:-1]
+    if g.tokens is None:
+        if ids[-1] - ids[0] + 1 == len(ids):
+            return text
+        return text + (", ...]" if len(ids) > show else "]")
+    shown = [repr(s) if s is not None else "<pad>" for s in g.tokens[:show]]
+    more = f" (+{len(ids) - show} more)" if len(ids) > show else ""
+    return f"   e.g. {', '.join(shown)}{more}"
+
+
+# ---------------------------------------------------------------------------- API
+
+
+def scan(
+    source,
+    *,
+    key: str | None = None,
+    matrix: str | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    dtype: str | None = None,
+) -> ScanResult:
+    """Find every group of bit-identical rows in an embedding matrix.
+
+    ``source``: anything :func:`~blackholes.tensors.load_matrix` takes (a ``.safetensors``
+    file, a model folder, a cached model id), a :class:`~blackholes.tensors.Matrix`, or a
+    2-D numpy array (``dtype`` names its safetensors dtype, e.g. ``"BF16"`` for uint16
+    bits; default from the numpy dtype). ``tokenizer``: a ``tokenizer.json`` (or a folder
+    holding one) for token strings; default: the one beside the model.
+
+    >>> r = scan("Qwen/Qwen3-4B-Instruct-2507")            # cached, offline
+    >>> r = scan(np.load("emb.npy"))                       # any 2-D array
+    >>> [g.size for g in r.groups]
+    """
+    m = _as_matrix(source, key=key, matrix=matrix, dtype=dtype)
+    n, d = m.shape
+    t0 = time.perf_counter()
+    found = find_groups(m.array)
+    seconds = time.perf_counter() - t0
+
+    tok_path = Path(tokenizer) if tokenizer is not None else m.tokenizer
+    strings, vocab_size = None, None
+    if tok_path is not None:
+        from .tokens import token_strings
+
+        ids = np.concatenate(found) if found else np.zeros(0, np.int64)
+        strings, vocab_size, tok_path = token_strings(tok_path, ids.tolist())
+
+    mask = np.zeros(n, dtype=bool)
+    black_hole_id = np.zeros(n, dtype=np.int32)
+    groups = []
+    for i, ids in enumerate(found, start=1):
+        mask[ids] = True
+        black_hole_id[ids] = i
+        id_list = ids.tolist()
+        toks = [strings[t] for t in id_list] if strings is not None else None
+        groups.append(Group(id=i, size=len(id_list), token_ids=id_list, tokens=toks))
+    first = np.array([ids[0] for ids in found], dtype=np.int64)
+    vectors = np.array(m.array[first]) if len(first) else np.zeros((0, d), m.array.dtype)
+    black = int(mask.sum())
+    return ScanResult(
+        source=m.source,
+        key=m.key,
+        shape=(n, d),
+        dtype=m.dtype,
+        unique_vectors=n - black + len(groups),
+        groups=groups,
+        black_hole_tokens=black,
+        mask=mask,
+        black_hole_id=black_hole_id,
+        vectors=vectors,
+        path=str(m.path) if m.path is not None else None,
+        tokenizer=str(tok_path) if tok_path is not None else None,
+        vocab_size=vocab_size,
+        note=m.note,
+        seconds=seconds,
+    )
+
+
+_NAMED_DTYPES = {"bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+
+
+def _as_matrix(source, *, key, matrix, dtype) -> Matrix:
+    if isinstance(source, Matrix):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return load_matrix(source, key=key, matrix=matrix)
+    if hasattr(source, "detach") and hasattr(source, "dtype"):  # a torch tensor, without importing torch
+        t = source.detach().cpu()
+        name = str(t.dtype).replace("torch.", "")
+        if name in _NAMED_DTYPES:
+            import torch  # only reached when the caller already has torch
+
+            bits = t.contiguous().view(torch.int16 if name == "bfloat16" else torch.int8).numpy()
+            array = bits.view(np.uint16 if name == "bfloat16" else np.uint8)
+            dtype = dtype or _NAMED_DTYPES[name]
+        else:
+            array = t.numpy()
+    else:
+        array = source
+    if not isinstance(array, np.ndarray):
+        raise BlackholesError(f"cannot scan a {type(source).__name__}; pass a path, a model id or a 2-D array")
+    if dtype is None:
+        if array.dtype.name in _NAMED_DTYPES:  # ml_dtypes bfloat16 / fp8 arrays
+            dtype = _NAMED_DTYPES[array.dtype.name]
+            array = array.view(STORAGE_DTYPES[dtype])
+        else:
+            dtype = SAFETENSORS_DTYPES.get(array.dtype.newbyteorder("<"))
+            if dtype is None:
+                raise BlackholesError(f"unsupported array dtype {array.dtype}; pass dtype=")
+    elif dtype not in STORAGE_DTYPES:
+        raise BlackholesError(f"unknown dtype {dtype!r}; one of {', '.join(STORAGE_DTYPES)}")
+    elif STORAGE_DTYPES[dtype].itemsize != array.dtype.itemsize:
+        raise BlackholesError(f"a {array.dtype} array cannot hold {dtype} values")
+    if array.ndim != 2:
+        raise BlackholesError(f"expected a 2-D [vocab, dim] matrix, got shape {list(array.shape)}")
+    if array.size == 0:
+        raise BlackholesError(f"the matrix is empty (shape {list(array.shape)})")
+    return Matrix(array=array, dtype=dtype, source="<array>", path=None, key="<array>")
+
+
+# ---------------------------------------------------------------------------- the algorithm
+
+
+def find_groups(array: np.ndarray, *, threads: int | None = None) -> list[np.ndarray]:
+    """Every set of two or more bit-identical rows, as sorted int64 row ids.
+
+    Ordered largest first, equal sizes by smallest row id. Exact for any dtype.
+
+    >>> find_groups(np.array([[1, 2], [3, 4], [1, 2]], np.float32))
+    [array([0, 2])]
+    """
+    rows = _byte_rows(array)
+    n, width = rows.shape
+    threads = threads or min(2, os.cpu_count() or 1)
+    prefix = min(width, PREFIX_BYTES)
+
+    # 1. sieve: rows with a unique prefix are unique
+    chunk = max(1, (CHUNK_BYTES * 8) // max(prefix, 8))
+    spans = [(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda s: hash_rows(rows[s[0] : s[1], :prefix]), spans))
+    prefix_hash = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    candidates = _in_runs(prefix_hash)
+    if len(candidates) < 2:
+        return []
+
+    # 2. full hash of the candidates (skip when the prefix was the whole row)
+    if prefix == width:
+        full = prefix_hash[candidates]
+    else:
+        step = max(1, CHUNK_BYTES // width)
+        spans = [(lo, min(len(candidates), lo + step)) for lo in range(0, len(candidates), step)]
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(lambda s: hash_rows(_take(rows, candidates[s[0] : s[1]])), spans))
+        full = np.concatenate(parts)
+    order = np.argsort(full, kind="stable")
+    ids, hashes = candidates[order], full[order]
+    starts = np.flatnonzero(np.r_[True, hashes[1:] != hashes[:-1]])
+    lengths = np.diff(np.r_[starts, len(ids)])
+    multi = lengths >= 2
+    starts, lengths = starts[multi], lengths[multi]
+    if len(starts) == 0:
+        return []
+
+    # 3. verify every member against its run's first row, byte for byte
+    member = np.repeat(np.arange(len(starts)), lengths)  # run index of each member
+    before = np.cumsum(lengths) - lengths  # members listed before each run
+    pos = np.repeat(starts - before, lengths) + np.arange(lengths.sum())  # positions in ids
+    members, firsts = ids[pos], ids[starts][member]
+    same = np.empty(len(members), dtype=bool)
+    step = max(1, CHUNK_BYTES // width)
+    words = _word_view(rows)
+    for lo in range(0, len(members), step):
+        hi = lo + step
+        same[lo:hi] = (_take(words, members[lo:hi]) == _take(words, firsts[lo:hi])).all(axis=1)
+
+    groups: list[np.ndarray] = []
+    bad = np.zeros(len(starts), dtype=bool)
+    bad[member[~same]] = True  # runs that mix distinct vectors: a real hash collision
+    for r in np.flatnonzero(~bad):
+        groups.append(np.sort(ids[starts[r] : starts[r] + lengths[r]]))
+    for r in np.flatnonzero(bad):
+        groups.extend(_split_exactly(rows, ids[starts[r] : starts[r] + lengths[r]]))
+    groups.sort(key=lambda g: (-len(g), int(g[0])))
+    return groups
+
+
+def hash_rows(rows: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of each row's bytes: sum of (8-byte word x odd constant), mod 2**64.
+
+    Linear, so cheap; odd multipliers make any single-word difference change the
+    hash. Collisions between other rows are possible, and :func:`find_groups`
+    verifies every match byte-for-byte.
+    """
+    words = _u64_words(rows)
+    if words.shape[1] > len(_MULTIPLIERS):
+        raise BlackholesError(f"rows of {rows.shape[1]} bytes are longer than supported")
+    return (words * _MULTIPLIERS[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
+
+
+def _byte_rows(array: np.ndarray) -> np.ndarray:
+    """A (V, row_bytes) uint8 view of a 2-D array, without copying when it is C-contiguous."""
+    if array.ndim != 2:
+        raise BlackholesError(f"expected a 2-D matrix, got shape {list(array.shape)}")
+    if not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array)
+    return np.asarray(array).view(np.uint8).reshape(array.shape[0], -1)
+
+
+def _u64_words(rows: np.ndarray) -> np.ndarray:
+    """Rows of bytes as little-endian uint64 words, zero-padded to a multiple of 8 bytes."""
+    n, width = rows.shape
+    if width % 8 == 0 and rows.flags.c_contiguous:
+        return rows.view(np.uint64)
+    padded = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
+    padded[:, :width] = rows
+    return padded.view(np.uint64)
+
+
+def _word_view(rows: np.ndarray) -> np.ndarray:
+    """The widest unsigned-integer view of byte rows, for fast exact comparison."""
+    width = rows.shape[1]
+    for size, dt in ((8, np.uint64), (4, np.uint32), (2, np.uint16)):
+        if width % size == 0:
+            return rows.view(dt)
+    return rows
+
+
+def _take(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """rows[ids], as a slice (no gather) when ids are consecutive."""
+    if len(ids) and ids[-1] - ids[0] + 1 == len(ids) and (len(ids) == 1 or ids[1] > ids[0]):
+        return rows[ids[0] : ids[-1] + 1]
+    return rows[ids]
+
+
+def _in_runs(hashes: np.ndarray) -> np.ndarray:
+    """Sorted ids of the rows whose hash occurs more than once."""
+    order = np.argsort(hashes, kind="stable")
+    s = hashes[order]
+    dup = np.zeros(len(s), dtype=bool)
+    eq = s[1:] == s[:-1]
+    dup[1:] |= eq
+    dup[:-1] |= eq
+    return np.sort(order[dup])
+
+
+def _split_exactly(rows: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
+    """Split rows that share a hash into groups of truly identical bytes (sort by raw bytes)."""
+    ids = np.sort(ids)
+    data = np.ascontiguousarray(rows[ids])
+    keys = data.view(np.dtype((np.void, data.shape[1]))).ravel()
+    _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+    inverse = inverse.ravel()
+    return [ids[inverse == k] for k in np.flatnonzero(counts >= 2)]

@@ -1,0 +1,61 @@
+"""Token strings for row ids, with the ``tokenizers`` library (no transformers).
+
+A row id the tokenizer has no token for (typically the padding rows that round
+the vocabulary up to a multiple of 64 or 128) gets ``None``.
+
+>>> strings, vocab_size, path = token_strings("tokenizer.json", [0, 151935])
+>>> strings[0], strings[151935], vocab_size
+('!', None, 151669)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .errors import BlackholesError
+
+
+def find_tokenizer(path: str | os.PathLike) -> Path:
+    """``tokenizer.json`` itself, or the one inside a folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise BlackholesError(f"no tokenizer.json at {path}")
+    return path
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A ``tokenizers.Tokenizer`` from ``tokenizer.json`` (or a folder holding it)."""
+    from tokenizers import Tokenizer
+
+    path = find_tokenizer(path)
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises plain Exceptions for bad files
+        raise BlackholesError(f"cannot read tokenizer {path}: {str(e).splitlines()[0] if str(e) else e}") from None
+
+
+def readable(tokenizer, token_id: int) -> str | None:
+    """What a token stands for: its decoded text, or its vocabulary piece when the
+    text alone is not readable (a lone byte of a UTF-8 sequence, or nothing);
+    ``None`` when the id has no token (a padding row).
+
+    >>> readable(tok, 220), readable(tok, 151643)
+    (' ', '<|endoftext|>')
+    """
+    piece = tokenizer.id_to_token(token_id)
+    if piece is None:
+        return None
+    text = tokenizer.decode([token_id], skip_special_tokens=False)
+    if not text or "\ufffd" in text:
+        return piece
+    return text
+
+
+def token_strings(path: str | os.PathLike, ids) -> tuple[dict[int, str | None], int, Path]:
+    """Readable strings for ``ids``, the tokenizer's vocabulary size, and its path."""
+    path = find_tokenizer(path)
+    tok = load_tokenizer(path)
+    return {int(i): readable(tok, int(i)) for i in ids}, tok.get_vocab_size(with_added_tokens=True), path

@@ -48,9 +48,29 @@ def _add_scan(sub) -> argparse.ArgumentParser:
     return p
 
 
+def _check_scan_output(path: str) -> None:
+    """Fail before the scan, not after it, when an output cannot be written."""
+    import os
+    from pathlib import Path
+
+    out = Path(path)
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise BlackholesError(f"output path is a directory: {out}")
+    if not parent.is_dir():
+        raise BlackholesError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BlackholesError(f"cannot write to {parent} (permission denied)")
+
+
 def _run_scan(args) -> int:
     from .scan import scan
 
+    if args.mask and args.json and args.mask == args.json:
+        raise BlackholesError("--mask and --json must be different files")
+    for out in (args.mask, args.json):
+        if out:
+            _check_scan_output(out)
     result = scan(args.source, key=args.key, matrix=args.matrix, tokenizer=args.tokenizer)
     if args.mask:
         result.save_mask(args.mask)

@@ -191,6 +191,8 @@ def analyze(
     grad_norm[0] = np.nan
     series["shared_grad_norm"] = grad_norm
     series["centroid_norm"] = hole["centroid_norm"]
+    from_start = hole["centroid"] - hole["centroid"][0]
+    series["centroid_distance_from_start"] = np.sqrt(np.einsum("ij,ij->i", from_start, from_start))
     series["displacement"] = hole["displacement"]
     gaps = np.diff(rec.steps).astype(np.float64)
     speed = np.full(n, np.nan)
@@ -437,9 +439,13 @@ def _bits(raw: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def _floats(raw: np.ndarray, dtype: str) -> np.ndarray:
-    if dtype == "F64":
-        return np.asarray(raw, dtype=np.float64)
-    return to_float32(raw, dtype)
+    """Values of a tensor given as storage (float) or as raw bits (unsigned ints)."""
+    raw = np.asarray(raw)
+    if dtype == "BF16":
+        return to_float32(raw, dtype)
+    if raw.dtype.kind == "u":  # raw bits: reinterpret, never convert the integers
+        raw = raw.view({"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype])
+    return raw.astype(np.float64 if dtype == "F64" else np.float32)
 
 
 def _order_key(bits: np.ndarray) -> np.ndarray:
@@ -762,16 +768,17 @@ def _render_report(r: DynamicsResult) -> str:
     disp = r.series["displacement"][1:]
     path = float(np.nansum(disp))
     gn = r.series["shared_grad_norm"][1:]
-    body.append(f"  Centroid: travelled {path:.6e} in total; speed max {np.nanmax(r.series['speed'][1:]):.6e}"
-                f" per step, last {r.series['speed'][-1]:.6e}")
+    body.append(f"  Centroid: travelled {path:.6e} in total, ending {r.series['centroid_distance_from_start'][-1]:.6e}"
+                f" from where it started; speed max {np.nanmax(r.series['speed'][1:]):.6e} per step,"
+                f" last {r.series['speed'][-1]:.6e}")
     body.append(f"  Shared gradient norm: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {np.nanmax(gn):.6e}")
     fz = r.freeze
     if fz["frozen_count"]:
         body.append(f"  Frozen (no bit of the hole changed) at {fz['frozen_count']} of {n - 1} steps, first at step "
                     f"{fz['first_frozen']}; at {fz['frozen_with_gradient_count']} of them the gradient was not zero "
-                    f"(the update was below one ulp of {fz['dtype']} and rounded away)")
+                    f"yet no bit moved (an update below one ulp of {fz['dtype']} rounds away)")
     else:
-        body.append(f"  Never frozen: the hole moved at every step")
+        body.append("  Never frozen: the hole moved at every step")
     if fz["steps_partly_frozen"]:
         body.append(f"  Partly frozen at {fz['steps_partly_frozen']} steps (some coordinates' updates rounded away; "
                     f"on average {100 * fz['mean_frozen_fraction']:.1f}% of coordinates unchanged per step)")

@@ -27,6 +27,7 @@ How it runs at memory speed, and stays exact:
 from __future__ import annotations
 
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -420,3 +421,14 @@ def _split_exactly(rows: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
     return [ids[inverse == k] for k in np.flatnonzero(counts >= 2)]
+
+
+# ``import blackholes.scan`` makes this module the package's attribute ``scan``,
+# shadowing the function of the same name; let calling the module scan, so that
+# ``blackholes.scan(...)`` works however the package was imported.
+class _CallableModule(type(np)):
+    def __call__(self, *args, **kwargs) -> ScanResult:
+        return scan(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

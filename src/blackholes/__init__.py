@@ -24,6 +24,11 @@ _LAZY = {
     "Matrix": "tensors",
     "analyze": "dynamics",
     "DynamicsResult": "dynamics",
+    "density_map": "density",
+    "DensityMap": "density",
+    "pca": "density",
+    "reproduce": "report",
+    "ReproduceResult": "report",
     "BlackholesError": "errors",
 }
 

@@ -215,11 +215,57 @@ def _run_dynamics(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- reproduce
+
+
+def _add_reproduce(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "reproduce",
+        help="the whole experiment: train from one point, scan, follow the hole, write report.html",
+        description=(
+            "Train a tiny byte-level GPT whose embedding rows all start at one point, record every step, "
+            "find the black holes in the first and last embedding matrices, check step by step that the hole "
+            "moves as one rigid body, draw the plots, and write everything with report.html and report.md "
+            "into --out. Without --corpus it uses the package's own default corpus."
+        ),
+    )
+    from .report import DEFAULT_STEPS
+
+    p.add_argument("--corpus", metavar="PATH", help="training text (any file of bytes; default: packaged corpus)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",
+                   help=f"training steps (default {DEFAULT_STEPS:,})")
+    p.add_argument("--sigma", type=float, default=0.0, metavar="S",
+                   help="spread of the initial embedding rows around their shared centre (default 0: one point)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="training dtype (default bf16)")
+    p.add_argument("--out", metavar="DIR", required=True, help="folder for the recording, results and report")
+    p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors and the report's location")
+    return p
+
+
+def _run_reproduce(args) -> int:
+    from .report import reproduce
+
+    result = reproduce(
+        args.out, corpus=args.corpus, steps=args.steps, sigma=args.sigma, seed=args.seed, dtype=args.dtype,
+        force=args.force, progress=not args.quiet, log=None if args.quiet else print,
+    )
+    if not args.quiet:
+        print()
+        for line in result.answer:
+            print("  " + line.replace("**", ""))
+        print()
+    print(f"Report: {result.report_html}  (also {result.report_md.name}; all files in {result.out_dir}/)")
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 
 COMMANDS = [
     (_add_scan, _run_scan),
     (_add_map, _run_map),
+    (_add_reproduce, _run_reproduce),
     (_add_dynamics, _run_dynamics),
 ]
 

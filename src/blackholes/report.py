@@ -1,0 +1,740 @@
+"""``reproduce``: the whole black-hole experiment in one call, written up as one page.
+
+Train a tiny byte-level model from one shared point and record every step
+(:mod:`blackholes.train`), scan the first and last embedding matrices for
+black holes (:mod:`blackholes.scan`), check that the hole moves as one rigid
+body (:mod:`blackholes.dynamics`), draw the plots, and write ``report.html`` (one
+self-contained page: the PNGs are embedded) and ``report.md`` beside them.
+
+>>> r = reproduce("demo", steps=2000)
+>>> r.report_html
+PosixPath('demo/report.html')
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BlackholesError
+
+# Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps
+# the run (training + every analysis) under a minute on a 2-core machine while the
+# learning rate still decays to zero, so the hole's freezing is part of the story.
+DEFAULT_STEPS = 2000
+
+# The files a run writes into its folder (names relative to it).
+FILES = {
+    "recording": "recording.safetensors",
+    "scan_initial": "scan_initial.json",
+    "mask_initial": "mask_initial.safetensors",
+    "scan_final": "scan_final.json",
+    "mask_final": "mask_final.safetensors",
+    "dynamics": "dynamics.json",
+    "map": "plots/map_final.png",
+    "summary": "reproduce.json",
+    "report_md": "report.md",
+    "report_html": "report.html",
+}
+
+
+@dataclass
+class Check:
+    """One verified statement: what was expected, and whether the data agree."""
+
+    name: str
+    passed: bool
+    detail: str
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "passed": self.passed, "detail": self.detail}
+
+
+@dataclass
+class ReproduceResult:
+    """What :func:`reproduce` wrote and found.
+
+    ``hole_tokens`` are the tokens sharing one vector with the never-seen bytes at
+    the end of training (the black hole); ``answer`` is the report's opening text.
+    """
+
+    out_dir: Path
+    files: dict[str, Path]
+    config: dict
+    command: str
+    train: object  # blackholes.train.TrainResult
+    initial_scan: object  # blackholes.scan.ScanResult
+    final_scan: object
+    dynamics: object | None  # blackholes.dynamics.DynamicsResult (None when there was nothing to follow)
+    density: object  # blackholes.density.DensityMap
+    never_seen: list[int]
+    never_drawn: list[int]
+    hole_tokens: list[int]
+    frozen_from: int | None
+    checks: list[Check]
+    answer: list[str]
+    versions: dict[str, str]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def report_html(self) -> Path:
+        return self.files["report_html"]
+
+    @property
+    def report_md(self) -> Path:
+        return self.files["report_md"]
+
+    @property
+    def recording(self) -> Path:
+        return self.files["recording"]
+
+    def to_json(self) -> dict:
+        return {
+            "answer": self.answer,
+            "config": self.config,
+            "command": self.command,
+            "versions": self.versions,
+            "files": {k: str(p.relative_to(self.out_dir)) for k, p in self.files.items()},
+            "never_seen": self.never_seen,
+            "never_drawn": self.never_drawn,
+            "hole_tokens": self.hole_tokens,
+            "dead_tokens": len(self.hole_tokens),
+            "frozen_from": self.frozen_from,
+            "rigid_body": None if self.dynamics is None else bool(self.dynamics.rigid_body),
+            "checks": [c.to_json() for c in self.checks],
+            "train": {
+                "steps_done": int(self.train.steps_done),
+                "seconds": float(self.train.seconds),
+                "final_loss": _finite(self.train.final_loss),
+                "interrupted": bool(self.train.interrupted),
+            },
+            "scan": {
+                "initial": _scan_brief(self.initial_scan),
+                "final": _scan_brief(self.final_scan),
+            },
+            "map": self.density.to_json(),
+            "seconds": {k: round(v, 3) for k, v in self.seconds.items()},
+        }
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def check_out_dir(out: str | os.PathLike, force: bool) -> Path:
+    """The output folder, refusing a non-empty one unless ``force``.
+
+    >>> check_out_dir("demo", force=False)
+    PosixPath('demo')
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise BlackholesError(f"--out must be a folder, but {out} is a file")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise BlackholesError(f"{out} already exists and is not empty; pass --force to overwrite it")
+    return out
+
+
+def reproduce(
+    out: str | os.PathLike,
+    *,
+    corpus: str | os.PathLike | None = None,
+    steps: int = DEFAULT_STEPS,
+    sigma: float = 0.0,
+    seed: int = 0,
+    dtype: str = "bf16",
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+    command: str | None = None,
+) -> ReproduceResult:
+    """Train, record, scan, analyse and plot; write everything and ``report.html`` into ``out``.
+
+    ``corpus`` None uses the package's own default corpus. ``log`` receives one line
+    per stage (``None`` for silence); ``progress`` shows the training and PCA bars.
+
+    >>> r = reproduce("demo")                        # the default corpus, sigma = 0
+    >>> r.answer[0]
+    """
+    from . import __version__
+    from .train import TrainConfig, default_corpus_path, train
+
+    say = log or (lambda *_: None)
+    out = check_out_dir(out, force)
+    if steps < 1:
+        raise BlackholesError(f"--steps must be at least 1, got {steps}")
+    if not (sigma >= 0 and np.isfinite(sigma)):
+        raise BlackholesError(f"--sigma must be a finite number >= 0, got {sigma}")
+    corpus_path = Path(corpus) if corpus is not None else default_corpus_path()
+    if not corpus_path.is_file():
+        raise BlackholesError(f"no such corpus file: {corpus_path}")
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    files = {k: out / v for k, v in FILES.items()}
+    config = TrainConfig(corpus=corpus if corpus is None else str(corpus), sigma=sigma, steps=steps, seed=seed,
+                         dtype=dtype)
+    command = command or canonical_command(out, corpus, steps, sigma, seed, dtype)
+    seconds: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    # 1. train and record
+    say(f"[1/5] training {steps:,} steps (sigma={sigma:g}, seed={seed}, {dtype}) on {corpus_path.name} ...")
+    t = time.perf_counter()
+    if files["recording"].exists():
+        files["recording"].unlink()  # --force: train() writes a fresh recording
+    trained = train(config, files["recording"], progress=progress)
+    seconds["train"] = time.perf_counter() - t
+    if trained.interrupted:
+        raise BlackholesError("training was interrupted; the recording is incomplete, no report written")
+    say(f"      recorded {trained.steps_done:,} steps in {trained.seconds:.1f} s -> {files['recording']}")
+
+    # 2. scan the first and last embedding matrices
+    say("[2/5] scanning the initial and final embedding matrices for black holes ...")
+    t = time.perf_counter()
+    from .scan import scan
+    from .tensors import open_tensor, read_header
+
+    header = read_header(files["recording"])
+    emb = open_tensor(files["recording"], "embeddings", header)
+    emb_dtype = header.tensors["embeddings"].dtype
+    meta = _metadata(header.metadata)
+    initial = scan(np.asarray(emb[0]), dtype=emb_dtype)
+    final = scan(np.asarray(emb[-1]), dtype=emb_dtype)
+    for which, result in (("initial", initial), ("final", final)):
+        result.source = f"{FILES['recording']}:embeddings[{'0' if which == 'initial' else '-1'}]"
+        result.key = "embeddings"
+        _write_json(files[f"scan_{which}"], result.to_json())
+        result.save_mask(files[f"mask_{which}"])
+    seconds["scan"] = time.perf_counter() - t
+
+    never_seen = sorted(int(t) for t in (meta.get("never_seen") or trained.never_seen or []))
+    never_drawn = _never_drawn(meta, never_seen)
+    hole = _hole_tokens(final, never_seen + never_drawn)
+    checks = _checks(sigma, initial, final, never_seen, never_drawn, hole, meta, emb.shape[1])
+    say(f"      initial: {_groups_line(initial)}; final: {_groups_line(final)}")
+
+    # 3. dynamics
+    say("[3/5] following the hole through every recorded step ...")
+    t = time.perf_counter()
+    from .dynamics import analyze
+    from .plots import plot_density_map, plot_dynamics
+
+    followed = never_seen or never_drawn
+    dyn = None
+    dyn_plots: list[Path] = []
+    if len(followed) >= 1:
+        dyn = analyze(files["recording"], tokens=followed)
+        _write_json(files["dynamics"], dyn.to_json())
+        dyn_plots = [Path(p) for p in plot_dynamics(dyn, out / "plots")]
+    else:
+        files.pop("dynamics")
+        say("      every byte was drawn during training: no untrained tokens to follow")
+    seconds["dynamics"] = time.perf_counter() - t
+    frozen_from = _frozen_from(dyn)
+
+    # 4. density map of the final matrix, without and with the mask
+    say("[4/5] drawing the density map of the final embedding matrix ...")
+    t = time.perf_counter()
+    from .density import density_map
+
+    dmap = density_map(np.asarray(emb[-1]), dtype=emb_dtype, mask=final.mask, black_hole_id=final.black_hole_id,
+                       progress=False)
+    dmap.source, dmap.key = f"final embeddings (step {trained.steps_done:,})", "embeddings[-1]"
+    plot_density_map(dmap, files["map"], title=f"Final embedding matrix after {trained.steps_done:,} steps")
+    seconds["map"] = time.perf_counter() - t
+
+    # 5. the report
+    say("[5/5] writing the report ...")
+    seconds["total"] = time.perf_counter() - t_all
+    result = ReproduceResult(
+        out_dir=out,
+        files=files,
+        config=_config_json(config, corpus_path),
+        command=command,
+        train=trained,
+        initial_scan=initial,
+        final_scan=final,
+        dynamics=dyn,
+        density=dmap,
+        never_seen=never_seen,
+        never_drawn=never_drawn,
+        hole_tokens=hole,
+        frozen_from=frozen_from,
+        checks=checks,
+        answer=[],
+        versions=versions(__version__),
+        seconds=seconds,
+    )
+    result.answer = _answer(result)
+    plots = {"map": files["map"]}
+    for p in dyn_plots:
+        key = p.stem
+        files[key] = p
+        plots[key] = p
+    _write_json(files["summary"], result.to_json())
+    doc = _document(result, plots)
+    from .fileio import write_text
+
+    write_text(files["report_md"], doc.markdown())
+    write_text(files["report_html"], doc.html())
+    return result
+
+
+def canonical_command(out, corpus, steps, sigma, seed, dtype) -> str:
+    """The ``blackholes reproduce`` command line with every setting spelled out."""
+    parts = ["blackholes", "reproduce"]
+    if corpus is not None:
+        parts += ["--corpus", str(corpus)]
+    parts += ["--steps", str(steps), "--sigma", f"{sigma:g}", "--seed", str(seed), "--dtype", dtype, "--out", str(out)]
+    return shlex.join(parts)
+
+
+def versions(blackholes_version: str) -> dict[str, str]:
+    """Versions of everything that shaped the numbers."""
+    import matplotlib
+    import torch
+
+    return {
+        "blackholes": blackholes_version,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "torch": torch.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+    }
+
+
+# ------------------------------------------------------------------ the findings
+
+
+def _metadata(raw: dict[str, str]) -> dict:
+    out = {}
+    for k, v in raw.items():
+        try:
+            out[k] = json.loads(v)
+        except (TypeError, json.JSONDecodeError):
+            out[k] = v
+    return out
+
+
+def _never_drawn(meta: dict, never_seen: list[int]) -> list[int]:
+    """Bytes in the corpus that the run never drew, neither as input nor as target."""
+    inputs, targets = meta.get("input_counts"), meta.get("target_counts")
+    if not isinstance(inputs, list) or not isinstance(targets, list) or len(inputs) != len(targets):
+        return []
+    seen = set(never_seen)
+    return [t for t in range(len(inputs)) if inputs[t] == 0 and targets[t] == 0 and t not in seen]
+
+
+def _hole_tokens(final, expected: list[int]) -> list[int]:
+    """Tokens of every final group that holds an expected token (usually exactly one group)."""
+    ids = np.asarray(final.black_hole_id)
+    hit = sorted({int(ids[t]) for t in expected if ids[t] != 0})
+    return sorted(int(t) for t in np.flatnonzero(np.isin(ids, hit))) if hit else []
+
+
+def _checks(sigma, initial, final, never_seen, never_drawn, hole, meta, vocab) -> list[Check]:
+    out = []
+    ids = np.asarray(final.black_hole_id)
+    if sigma == 0:
+        one = len(initial.groups) == 1 and initial.groups[0].size == vocab
+        out.append(Check(
+            "every row starts at one point", one,
+            f"initial matrix: {initial.unique_vectors} unique vector(s), "
+            f"largest group {initial.groups[0].size if initial.groups else 0} of {vocab} tokens",
+        ))
+        expected = never_seen + never_drawn
+        if expected:
+            holes = {int(ids[t]) for t in expected}
+            together = len(holes) == 1 and 0 not in holes
+            out.append(Check(
+                "never-seen and never-drawn bytes end as one black hole", together,
+                f"{len(never_seen)} never-seen + {len(never_drawn)} never-drawn bytes "
+                + ("share one final vector" if together else f"sit in final groups {sorted(holes)} (0 = alone)"),
+            ))
+            extra = sorted(set(hole) - set(expected))
+            out.append(Check(
+                "no byte the run drew stays in the hole", not extra,
+                "none" if not extra else f"drawn but still in the hole: {_fmt_tokens(extra)}",
+            ))
+    else:
+        apart = initial.black_hole_tokens == 0
+        out.append(Check(
+            f"with sigma = {sigma:g} every row starts apart", apart,
+            f"initial matrix: {initial.unique_vectors} unique vectors of {vocab}",
+        ))
+    counts_ok = isinstance(meta.get("input_counts"), list)
+    out.append(Check(
+        "recording is complete and carries its counts", meta.get("complete") in (True, "true") and counts_ok,
+        f"complete={meta.get('complete')!r}, input/target counts {'present' if counts_ok else 'missing'}",
+    ))
+    return out
+
+
+def _frozen_from(dyn) -> int | None:
+    """The step from which the hole never moved again (update exactly zero at every later step)."""
+    if dyn is None:
+        return None
+    frac = np.asarray(dyn.series.get("frozen_fraction", []), dtype=np.float64)
+    steps = np.asarray(dyn.series.get("step", []))
+    if frac.size < 2 or frac[-1] != 1.0:
+        return None
+    moving = np.flatnonzero(~(frac[1:] == 1.0)) + 1  # index 0 has no update
+    first = moving[-1] + 1 if moving.size else 1
+    return int(steps[first])
+
+
+def _groups_line(result) -> str:
+    if not result.groups:
+        return f"no black holes ({result.unique_vectors} unique vectors)"
+    sizes = ", ".join(str(g.size) for g in result.groups[:5])
+    more = "" if len(result.groups) <= 5 else ", ..."
+    return f"{len(result.groups)} black hole(s) of {sizes}{more} tokens"
+
+
+def _answer(r: ReproduceResult) -> list[str]:
+    """The plain-language opening: how many dead tokens, one body or not, when it freezes."""
+    V = int(r.final_scan.shape[0])
+    steps = int(r.train.steps_done)
+    lines = []
+    ns, nd = r.never_seen, r.never_drawn
+    if r.hole_tokens:
+        parts = [f"{len(ns)} bytes that never occur in the corpus"] if ns else []
+        if nd:
+            parts.append(f"{len(nd)} rare byte{'s' if len(nd) != 1 else ''} the run never drew "
+                         f"({_fmt_tokens(nd)})")
+        extra = sorted(set(r.hole_tokens) - set(ns) - set(nd))
+        if extra:
+            parts.append(f"{len(extra)} byte(s) drawn but never pulled apart ({_fmt_tokens(extra)})")
+        lines.append(
+            f"**{len(r.hole_tokens)} of {V} tokens are dead**: after {steps:,} training steps they still share "
+            f"one bit-identical embedding vector — a black hole made of {' and '.join(parts)}."
+        )
+    elif r.config["sigma"] > 0:
+        lines.append(
+            f"**No black hole**: with sigma = {r.config['sigma']:g} every row started at its own point, and after "
+            f"{steps:,} steps {r.final_scan.black_hole_tokens} of {V} tokens share a vector."
+        )
+    else:
+        lines.append(f"**No black hole** after {steps:,} steps: every token was drawn and pulled apart.")
+    others = [g for g in r.final_scan.groups if not set(g.token_ids) & set(r.hole_tokens)]
+    if others:
+        lines.append(f"The final matrix also has {len(others)} other group(s) of identical rows "
+                     f"({', '.join(str(g.size) for g in others[:5])} tokens).")
+    d = r.dynamics
+    if d is not None:
+        n = len(d.recorded_steps)
+        if d.rigid_body:
+            lines.append(
+                f"**They move as one body**: at every one of the {n:,} recorded steps their logits, gradients and "
+                f"positions are bit-for-bit identical — same point, same score, same gradient, same update."
+            )
+        else:
+            fd = d.first_divergence
+            broken = ", ".join(f"{q} from step {s}" for q, s in fd.items() if s is not None)
+            lines.append(f"**They do not move as one body**: {broken or d.verdict}.")
+    if d is not None and r.hole_tokens:
+        frz = d.freeze
+        if r.frozen_from is not None:
+            lines.append(
+                f"**The hole freezes from step {r.frozen_from:,}**: from then on its update is exactly zero "
+                f"(smaller than one unit in the last place of {d.dtype}), so it never moves again "
+                f"({frz.get('frozen_count', 0):,} of {n - 1:,} steps frozen in all)."
+            )
+        elif frz.get("first_frozen") is not None:
+            lines.append(
+                f"**The hole never freezes for good**: its update is exactly zero at {frz['frozen_count']:,} of "
+                f"{n - 1:,} steps (first at step {frz['first_frozen']:,}), but it still moves at the last step."
+            )
+        else:
+            lines.append("**The hole never freezes**: it moves at every recorded step.")
+    failed = [c for c in r.checks if not c.passed]
+    if failed:
+        lines.append("**Attention** — these expectations did not hold: " + "; ".join(c.name for c in failed) + ".")
+    return lines
+
+
+# ------------------------------------------------------------------ rendering
+
+
+class _Document:
+    """A report as a list of blocks, rendered to both Markdown and one self-contained HTML page."""
+
+    def __init__(self, title: str, base: Path):
+        self.title, self.base, self.blocks = title, base, []
+
+    def heading(self, text: str, level: int = 2):
+        self.blocks.append(("h", level, text))
+
+    def para(self, text: str):
+        self.blocks.append(("p", text))
+
+    def bullets(self, items: list[str]):
+        self.blocks.append(("ul", items))
+
+    def table(self, header: list[str], rows: list[list]):
+        self.blocks.append(("table", header, [[str(c) for c in r] for r in rows]))
+
+    def image(self, path: Path, caption: str):
+        self.blocks.append(("img", path, caption))
+
+    def code(self, text: str):
+        self.blocks.append(("code", text))
+
+    def markdown(self) -> str:
+        out = [f"# {self.title}", ""]
+        for b in self.blocks:
+            kind = b[0]
+            if kind == "h":
+                out += ["#" * b[1] + " " + b[2], ""]
+            elif kind == "p":
+                out += [b[1], ""]
+            elif kind == "ul":
+                out += [f"- {item}" for item in b[1]] + [""]
+            elif kind == "table":
+                out.append("| " + " | ".join(b[1]) + " |")
+                out.append("|" + "|".join(" --- " for _ in b[1]) + "|")
+                out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in b[2]]
+                out.append("")
+            elif kind == "img":
+                out += [f"![{b[2]}]({b[1].relative_to(self.base).as_posix()})", "", f"*{b[2]}*", ""]
+            elif kind == "code":
+                out += ["```", b[1], "```", ""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        body = [f"<h1>{_inline(self.title)}</h1>"]
+        for b in self.blocks:
+            kind = b[0]
+            if kind == "h":
+                body.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
+            elif kind == "p":
+                body.append(f"<p>{_inline(b[1])}</p>")
+            elif kind == "ul":
+                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
+            elif kind == "table":
+                head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
+                rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
+            elif kind == "img":
+                data = base64.b64encode(b[1].read_bytes()).decode("ascii")
+                rel = html.escape(b[1].relative_to(self.base).as_posix())
+                body.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
+                    f'<figcaption>{_inline(b[2])} <span class="file">({rel})</span></figcaption></figure>'
+                )
+            elif kind == "code":
+                body.append(f"<pre><code>{html.escape(b[1])}</code></pre>")
+        return _PAGE.format(title=html.escape(self.title), body="\n".join(body))
+
+
+def _inline(text: str) -> str:
+    """Escape, then render the two Markdown marks the report uses: **bold** and `code`."""
+    import re
+
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
+       padding: 0 1em; line-height: 1.5; color: #222; }}
+h1 {{ font-size: 1.7em; border-bottom: 2px solid #333; padding-bottom: .2em; }}
+h2 {{ font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }}
+table {{ border-collapse: collapse; margin: .8em 0; font-size: .92em; }}
+th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }}
+th {{ background: #f2f2f2; }}
+code, pre {{ font-family: Menlo, Consolas, monospace; font-size: .9em; background: #f6f6f6; }}
+pre {{ padding: .6em; overflow-x: auto; }}
+figure {{ margin: 1em 0; }}
+figure img {{ max-width: 100%; border: 1px solid #ddd; }}
+figcaption {{ font-size: .9em; color: #555; }}
+.file {{ color: #999; }}
+</style>
+</head>
+<body>
+{body}
+</body>
+</html>
+"""
+
+
+def _document(r: ReproduceResult, plots: dict[str, Path]) -> _Document:
+    cfg = r.config
+    doc = _Document("Black-hole tokens: a reproduction", r.out_dir)
+    doc.para(
+        f"A {cfg.get('n_layer', 2)}-layer byte-level GPT trained for {int(r.train.steps_done):,} steps on "
+        f"`{Path(cfg['corpus_path']).name}` with every embedding row starting at one shared point "
+        f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}). Every step was recorded and analysed "
+        "exactly: identity means bit-for-bit identical rows."
+    )
+    doc.heading("Answer")
+    doc.bullets(r.answer)
+
+    doc.heading("Evidence")
+    doc.heading("Checks", 3)
+    doc.table(["expectation", "holds", "detail"], [[c.name, "yes" if c.passed else "**NO**", c.detail]
+                                                   for c in r.checks])
+
+    doc.heading("Black holes in the embedding matrix (scan)", 3)
+    rows = []
+    for label, s in (("initial (step 0)", r.initial_scan), (f"final (step {int(r.train.steps_done):,})", r.final_scan)):
+        sizes = ", ".join(str(g.size) for g in s.groups[:8]) + (" ..." if len(s.groups) > 8 else "")
+        rows.append([label, f"{s.shape[0]} × {s.shape[1]} {s.dtype}", s.unique_vectors, len(s.groups),
+                     s.black_hole_tokens, sizes or "–"])
+    doc.table(["matrix", "shape", "unique vectors", "groups", "black-hole tokens", "group sizes"], rows)
+    doc.table(
+        ["token set", "count", "bytes"],
+        [
+            ["never seen in the corpus (`never_seen`)", len(r.never_seen), _fmt_tokens(r.never_seen) or "–"],
+            ["in the corpus but never drawn (input and target counts 0)", len(r.never_drawn),
+             _fmt_tokens(r.never_drawn) or "–"],
+            ["the final black hole", len(r.hole_tokens), _fmt_tokens(r.hole_tokens) or "–"],
+        ],
+    )
+
+    d = r.dynamics
+    if d is not None:
+        doc.heading("Does the hole move as one body? (dynamics, every recorded step)", 3)
+        rows = []
+        for q, label in (("logits", "logits"), ("grads", "gradients"), ("positions", "positions")):
+            t_ident = d.trained_identical_all_steps.get(q)
+            t_first = d.trained_first_divergence.get(q)
+            rows.append([
+                label,
+                "yes" if d.identical_all_steps[q] else "no",
+                "never" if d.first_divergence[q] is None else f"step {d.first_divergence[q]:,}",
+                "–" if t_ident is None else ("yes" if t_ident else "no"),
+                "–" if t_ident is None else ("never" if t_first is None else f"step {t_first:,}"),
+            ])
+        doc.table(["quantity", "untrained: identical at every step", "untrained: first differs",
+                   "trained (contrast): identical", "trained: first differs"], rows)
+        doc.para(d.verdict)
+        if d.sampled:
+            srows = []
+            for e in d.sampled:
+                lg, gr, po = e.get("logits", {}), e.get("grads"), e.get("positions", {})
+                srows.append([
+                    f"{e['step']:,}",
+                    f"{lg.get('mean', float('nan')):+.6f}",
+                    lg.get("verdict", "–"),
+                    "–" if gr is None else f"{gr['norm_mean']:.4e}",
+                    "–" if gr is None else f"{gr['pairwise_max']:.1e} ({gr['verdict']})",
+                    f"{po.get('pairwise_max', 0):.1e} ({po.get('verdict', '–')})",
+                ])
+            doc.table(["step", "untrained logit", "logits", "shared gradient norm", "gradient distance max",
+                       "position distance max"], srows)
+        frz = d.freeze
+        doc.table(
+            ["freezing", "value"],
+            [
+                ["frozen from step (never moves again)", "–" if r.frozen_from is None else f"{r.frozen_from:,}"],
+                ["steps with exactly zero update", f"{frz.get('frozen_count', 0):,} of {len(d.recorded_steps) - 1:,}"],
+                ["of those, with a non-zero gradient (update below one ulp)",
+                 f"{frz.get('frozen_with_gradient_count', 0):,}"],
+                ["first frozen step", "–" if frz.get("first_frozen") is None else f"{frz['first_frozen']:,}"],
+            ],
+        )
+        if d.notes:
+            doc.bullets([f"note: {n}" for n in d.notes])
+
+    doc.heading("Plots", 3)
+    captions = {
+        "dynamics_spread": "Spread inside the hole (max deviation from its first row) of positions, gradients "
+                           "and logits at every step; exact zeros sit on the band marked 0.",
+        "dynamics_speed": "How far the hole moves each step, and the norm of the gradient it shares.",
+        "dynamics_logits": "The hole's shared logit against the trained tokens' logits.",
+        "map": "Final embedding matrix on its two leading principal directions: token density without the "
+               "black-hole mask (the hole is one dense bin) and with it; right: row norms, black-hole tokens in red.",
+    }
+    for key, path in plots.items():
+        doc.image(path, captions.get(key, key))
+
+    doc.heading("Files", 3)
+    doc.table(["file", "what"], [[f"`{p.relative_to(r.out_dir).as_posix()}`", _FILE_WHAT.get(k, k)]
+                                 for k, p in r.files.items() if k not in plots and k != "report_html"])
+
+    doc.heading("How this was made")
+    doc.code(r.command)
+    doc.table(["setting", "value"], [[k, _short(v)] for k, v in r.config.items()])
+    doc.table(["software", "version"], [[k, v] for k, v in r.versions.items()])
+    doc.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in r.seconds.items()])
+    return doc
+
+
+_FILE_WHAT = {
+    "recording": "every step's embeddings, gradients, logits, losses, optimizer state (safetensors)",
+    "scan_initial": "black holes of the step-0 matrix (JSON)",
+    "mask_initial": "step-0 mask, `black_hole_id`, group vectors (safetensors)",
+    "scan_final": "black holes of the final matrix (JSON)",
+    "mask_final": "final mask, `black_hole_id`, group vectors (safetensors)",
+    "dynamics": "per-step rigid-body analysis (JSON)",
+    "summary": "this report's numbers (JSON)",
+    "report_md": "this report in Markdown",
+}
+
+
+def _config_json(config, corpus_path: Path) -> dict:
+    from dataclasses import asdict, is_dataclass
+
+    raw = asdict(config) if is_dataclass(config) else dict(vars(config))
+    out = {k: (str(v) if isinstance(v, Path) else v) for k, v in raw.items()}
+    out["corpus_path"] = str(corpus_path)
+    return json.loads(json.dumps(out, default=str))
+
+
+def _fmt_tokens(ids: list[int], limit: int = 60) -> str:
+    """Byte ids as readable characters: ``Z``, ``\\x00``; ids beyond 255 as numbers."""
+    shown = []
+    for t in ids[:limit]:
+        c = chr(t) if t < 256 else None
+        if c is not None and c.isprintable() and c not in " `|*\\":
+            shown.append(c)
+        elif t < 256:
+            shown.append(f"\\x{t:02x}")
+        else:
+            shown.append(str(t))
+    more = f" … (+{len(ids) - limit})" if len(ids) > limit else ""
+    return " ".join(shown) + more
+
+
+def _short(value, limit: int = 80) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _scan_brief(s) -> dict:
+    return {
+        "unique_vectors": int(s.unique_vectors),
+        "black_hole_tokens": int(s.black_hole_tokens),
+        "group_sizes": [int(g.size) for g in s.groups],
+    }
+
+
+def _finite(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def _write_json(path: Path, obj) -> None:
+    from .fileio import write_json
+
+    write_json(path, obj)

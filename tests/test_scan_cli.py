@@ -1,0 +1,164 @@
+"""`blackholes scan` from the command line: outputs, errors, start-up weight."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from blackholes.cli import main
+
+
+def planted(n=64, d=16, seed=0, sizes=(4, 2)):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    picks = rng.permutation(n)[: sum(sizes)]
+    start = 0
+    for size in sizes:
+        x[picks[start : start + size]] = x[picks[start]]
+        start += size
+    return x
+
+
+@pytest.fixture
+def scan_file(tmp_path):
+    path = tmp_path / "gamma.safetensors"
+    save_file({"gamma": planted()}, str(path))
+    return path
+
+
+def run(*argv, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "blackholes", *map(str, argv)],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120,
+    )
+
+
+def test_scan_writes_mask_and_report(scan_file, tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    mask_path, json_path = tmp_path / "black_hole_mask.safetensors", tmp_path / "scan.json"
+    p = run("scan", scan_file, "--mask", mask_path, "--json", json_path)
+    assert p.returncode == 0, p.stderr
+    assert "Unique vectors: 60" in p.stdout and "Degenerate groups: 2" in p.stdout
+    assert "Total black hole tokens: 6 (9.38%)" in p.stdout
+    mask = load_file(str(mask_path))["mask"]  # exactly as the original notebooks read it
+    assert mask.dtype == torch.bool and mask.shape == (64,) and int(mask.sum()) == 6
+    doc = json.loads(json_path.read_text())
+    assert doc["unique_vectors"] == 60 and doc["black_hole_tokens"] == 6 and doc["key"] == "gamma"
+    assert [g["size"] for g in doc["groups"]] == [4, 2]
+    assert sorted(os.listdir(tmp_path)) == sorted([scan_file.name, mask_path.name, json_path.name])
+
+
+def test_scan_does_not_import_torch_or_matplotlib(scan_file):
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from blackholes.cli import main
+        assert main(["scan", {str(scan_file)!r}, "--quiet"]) == 0
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "matplotlib", "transformers"))
+        print(heavy)
+        """
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]", f"scan imported heavy modules: {p.stdout}"
+
+
+def test_cached_model_id(tmp_path):
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    save_file({"model.embed_tokens.weight": planted(seed=1), "lm_head.weight": planted(seed=2, sizes=(3,))},
+              str(snap / "model.safetensors"))
+    (snap / "config.json").write_text('{"tie_word_embeddings": false}')
+    (tmp_path / "hub" / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "hub" / "models--org--tiny" / "refs" / "main").write_text("abc123")
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    p = run("scan", "org/tiny", "--json", tmp_path / "r.json", env=env)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["key"] == "lm_head.weight" and [g["size"] for g in doc["groups"]] == [3]
+    p = run("scan", "org/tiny", "--matrix", "input", "--quiet", env=env)
+    assert p.returncode == 0 and p.stdout == ""
+
+
+def write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def scan_bad_sources(tmp_path):
+    """name -> (argv after 'scan', expected words in the one-line error)."""
+    (tmp_path / "empty_dir").mkdir()
+    save_file({"a": planted(), "b": planted(seed=3)}, str(tmp_path / "two.safetensors"))
+    save_file({"t": np.zeros((2, 3, 4), np.float32)}, str(tmp_path / "3d.safetensors"))
+    save_file({"t": np.zeros((0, 4), np.float32)}, str(tmp_path / "empty.safetensors"))
+    write(tmp_path / "text.safetensors", b"just some text, definitely not tensors")
+    write(tmp_path / "trunc.safetensors", (400).to_bytes(8, "little") + b'{"t": {"dtype": "F32", "sh')
+    write(tmp_path / "corrupt.safetensors", (10).to_bytes(8, "little") + b"{not json}")
+    (tmp_path / "a_file").write_text("x")
+    return {
+        "missing file": ([tmp_path / "nope.safetensors"], "no such file"),
+        "not safetensors": ([tmp_path / "text.safetensors"], "not a safetensors file"),
+        "truncated header": ([tmp_path / "trunc.safetensors"], "truncated"),
+        "corrupt header": ([tmp_path / "corrupt.safetensors"], "corrupt JSON"),
+        "key not found": ([tmp_path / "two.safetensors", "--key", "c"], "not found in"),
+        "ambiguous": ([tmp_path / "two.safetensors"], "pick one with --key: a, b"),
+        "not 2-D": ([tmp_path / "3d.safetensors", "--key", "t"], "expected a 2-D"),
+        "no 2-D tensor": ([tmp_path / "3d.safetensors"], "no 2-D tensor"),
+        "empty tensor": ([tmp_path / "empty.safetensors", "--key", "t"], "is empty"),
+        "no weights": ([tmp_path / "empty_dir"], "no safetensors weights"),
+        "not cached": (["someorg/not-a-cached-model"], "not in the local Hugging Face cache"),
+        "unwritable mask": ([tmp_path / "two.safetensors", "--key", "a", "--mask", tmp_path / "a_file" / "m"],
+                            "output directory does not exist"),
+        "json is a dir": ([tmp_path / "two.safetensors", "--key", "a", "--json", tmp_path / "empty_dir"],
+                          "is a directory"),
+    }
+
+
+CASES = ["missing file", "not safetensors", "truncated header", "corrupt header", "key not found", "ambiguous",
+         "not 2-D", "no 2-D tensor", "empty tensor", "no weights", "not cached", "unwritable mask", "json is a dir"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_errors_are_one_line(scan_bad_sources, case, capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-cache"))
+    argv, words = scan_bad_sources[case]
+    before = set(os.listdir(tmp_path))
+    status = main(["scan", *map(str, argv), "--mask", str(tmp_path / "out_mask.safetensors")]
+                  if "--mask" not in argv else ["scan", *map(str, argv)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("blackholes: error: ") and err.count("\n") == 1, err
+    assert words in err
+    assert set(os.listdir(tmp_path)) == before  # nothing written, not even a temporary file
+
+
+def test_error_in_a_real_process_has_no_traceback(tmp_path):
+    p = run("scan", tmp_path / "missing.safetensors", "--mask", tmp_path / "m.safetensors")
+    assert p.returncode == 2
+    assert p.stderr.startswith("blackholes: error: no such file") and "Traceback" not in p.stderr
+    assert p.stderr.count("\n") == 1 and not (tmp_path / "m.safetensors").exists()
+
+
+def test_failed_write_leaves_no_half_file(scan_file, tmp_path, monkeypatch, capsys):
+    """A crash while the mask is being written leaves neither the mask nor a temporary file."""
+    import blackholes.tensors as tensors
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tensors.struct, "pack", boom)
+    out = tmp_path / "out"
+    out.mkdir()
+    status = main(["scan", str(scan_file), "--mask", str(out / "mask.safetensors")])
+    assert status == 2 and "No space left on device" in capsys.readouterr().err
+    assert os.listdir(out) == []

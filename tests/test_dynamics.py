@@ -353,3 +353,13 @@ def test_gatsby_corpus_names_49_untrained_bytes(tmp_path):
     r = analyze(path, corpus=corpus)
     assert len(r.untrained_tokens) == 49 and len(r.trained_tokens) == 79
     assert r.untrained_tokens == untrained and r.rigid_body
+
+
+def test_verdict_names_the_broken_link(tmp_path):
+    E, G, L, _ = simulate()
+    G[6, UNTRAINED[1]] += np.float32(0.1)  # e.g. the token was drawn as a target at step 6
+    E[6:, UNTRAINED[1]] += np.float32(0.005)
+    path = save(tmp_path / "link.safetensors", E, G, L)
+    r = analyze(path, tokens=UNTRAINED)
+    assert r.first_divergence == {"logits": None, "grads": 6, "positions": 6}
+    assert "step 6" in r.verdict and "link 3" in r.verdict

@@ -141,6 +141,10 @@ def analyze(
     untrained, source = _untrained_tokens(rec, corpus, tokens, notes)
     trained = [t for t in range(vocab) if t not in set(untrained)]
     sample_steps = parse_steps(steps)
+    if rec.metadata.get("complete") in ("false", '"false"'):
+        at = rec.meta_json("interrupted_at_step") if "interrupted_at_step" in rec.metadata else None
+        notes.append("the recording is incomplete (training was interrupted"
+                     + (f" at step {at}" if at is not None else "") + "): it ends early")
     never_drawn = _never_drawn_tokens(rec, untrained, notes)
 
     U = np.asarray(untrained, dtype=np.intp)
@@ -297,7 +301,7 @@ class _Recording:
 
     def summary_metadata(self) -> dict:
         keep = {}
-        for key in ("sigma", "seed", "dtype", "complete", "corpus_sha256", "centre"):
+        for key in ("sigma", "seed", "dtype", "complete", "interrupted_at_step", "corpus_sha256", "centre"):
             if key in self.metadata:
                 try:
                     keep[key] = json.loads(self.metadata[key])
@@ -669,7 +673,26 @@ def _verdict(r: DynamicsResult) -> str:
     text = (f"NOT a rigid body: the identity first breaks at step {first_step} "
             f"({' and '.join(firsts)} differ first")
     text += f"; then {later})." if later else ")."
-    return text
+    return text + _broken_link(r, first_step)
+
+
+def _broken_link(r: DynamicsResult, step: int) -> str:
+    """Which link of the causal chain failed first. A recording from `blackholes train`
+    computes logits and gradients of step s from the positions of step s-1."""
+    i = r.recorded_steps.index(step)
+    same = {q: r.series[f"{q}_identical"] for q in QUANTITIES}
+    if i == 0:
+        return ""
+    if same["positions"][i] == 0 and same["grads"][i] == 1 and same["logits"][i] == 1:
+        return (" The positions split although logits and gradients were still identical: link 4 failed "
+                "(the update itself differed, e.g. noise or optimizer state).")
+    if same["grads"][i] == 0 and same["logits"][i] == 1:
+        return (" The gradients split although the logits were identical: link 3 failed (a token drawn as an "
+                "input or a target gets a gradient of its own).")
+    if same["logits"][i] == 0 and same["positions"][i - 1] == 1 and same["positions"][i] == 1:
+        return (" The logits split although the positions were identical before and after: link 1-2 failed "
+                "(identical rows scored differently).")
+    return ""
 
 
 def _fmt_ids(ids: list[int]) -> str:
@@ -703,7 +726,9 @@ def _render_report(r: DynamicsResult) -> str:
              f"  embeddings [{steps}, {vocab}, {dim}] {r.dtype}; training steps "
              f"{r.recorded_steps[0]}-{r.recorded_steps[-1]} ({steps} recorded)"]
     if r.metadata:
-        lines.append("  " + ", ".join(f"{k}={v}" for k, v in r.metadata.items() if k != "centre"))
+        shown = {k: v for k, v in r.metadata.items() if k in ("sigma", "seed", "dtype", "complete")}
+        if shown:
+            lines.append("  " + ", ".join(f"{k}={v}" for k, v in shown.items()))
     src = {"corpus": "bytes absent from the corpus", "tokens": "given with --tokens",
            "metadata": "never_seen ids in the recording's metadata"}[r.untrained_source]
     lines += [f"  Trained: {len(r.trained_tokens)} tokens",

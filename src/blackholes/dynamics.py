@@ -222,6 +222,10 @@ def analyze(
         never["stays_in_hole"] = all(never["identical_all_steps"].values())
         series["never_drawn_positions_identical"] = nd["positions"]["identical"].astype(np.float64)
 
+    bad = np.flatnonzero(~np.isfinite(hole["centroid_norm"]))
+    if bad.size:
+        notes.append(f"the hole's positions are not finite (NaN or inf) at {bad.size} step(s), first at step "
+                     f"{int(rec.steps[bad[0]])}: the run diverged there")
     freeze = _freeze_summary(hole, rec.steps, rec.dtype)
     sampled, skipped = _sampled_sections(rec, U, sample_steps, notes)
     rigid = all(identical_all.values())
@@ -618,9 +622,6 @@ def _sampled_sections(rec: _Recording, U: np.ndarray, steps: list[int], notes: l
         i = index_of.get(step)
         if i is None:
             skipped.append(step)
-            why = (f"beyond the recording's last step {last}" if step > last
-                   else "not a recorded step (the recording keeps every few steps)")
-            notes.append(f"step {step}: {why}; skipped")
             continue
         entry = {"step": step, "index": i}
         lb = _bits(np.asarray(logits[i, U]), ldt)
@@ -649,6 +650,14 @@ def _sampled_sections(rec: _Recording, U: np.ndarray, steps: list[int], notes: l
                 e["norm_std"] = _std(norms)
             entry[name] = e
         out.append(entry)
+    beyond = [s for s in skipped if s > last]
+    between = [s for s in skipped if s <= last]
+    if beyond:
+        notes.append(f"step{'s' if len(beyond) > 1 else ''} {', '.join(map(str, beyond))}: beyond the "
+                     f"recording's last step {last}; skipped")
+    if between:
+        notes.append(f"step{'s' if len(between) > 1 else ''} {', '.join(map(str, between))}: not recorded "
+                     f"(the recording keeps only some steps); skipped")
     return out, skipped
 
 
@@ -670,8 +679,9 @@ def _verdict(r: DynamicsResult) -> str:
     first_step, _ = broken[0]
     firsts = [q for s, q in broken if s == first_step]
     later = ", ".join(f"{q} at step {s}" for s, q in broken if s != first_step)
+    names = firsts[0] if len(firsts) == 1 else ", ".join(firsts[:-1]) + " and " + firsts[-1]
     text = (f"NOT a rigid body: the identity first breaks at step {first_step} "
-            f"({' and '.join(firsts)} differ first")
+            f"({names} differ first")
     text += f"; then {later})." if later else ")."
     return text + _broken_link(r, first_step)
 

@@ -9,6 +9,7 @@ then times side by side, each in its own subprocess with a warm page cache:
   torch.unique torch.unique(dim=0) on the loaded tensor
   read pass    one plain pass over the tensor's bytes (the floor for any exact method)
   scan()       blackholes.scan.scan on the file (import excluded)
+  no sieve     the same with every row hashed in full: the worst case, when all rows share a prefix
   process      the whole `blackholes scan FILE` command, start to exit
 
 Usage:
@@ -107,6 +108,14 @@ import time
 from blackholes.scan import scan
 t0 = time.perf_counter()
 r = scan(PATH)
+out = dict(unique_vectors=r.unique_vectors, groups=len(r.groups), black_hole_tokens=r.black_hole_tokens)
+""",
+    "scan() without the sieve": """
+import time
+import blackholes.scan as S
+S.PREFIX_BYTES = 1 << 40  # worst case: every row hashed in full (as when all rows share a prefix)
+t0 = time.perf_counter()
+r = S.scan(PATH)
 out = dict(unique_vectors=r.unique_vectors, groups=len(r.groups), black_hole_tokens=r.black_hole_tokens)
 """,
 }

@@ -41,10 +41,19 @@ from .tensors import SAFETENSORS_DTYPES, STORAGE_DTYPES, Matrix, load_matrix, sa
 PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
 CHUNK_BYTES = 1 << 20  # rows hashed per step: about 1 MiB, stays in L2
 
-# Odd 64-bit multipliers, fixed so that hashes are reproducible run to run.
-_MULTIPLIERS = np.random.default_rng(0x9E3779B97F4A7C15).integers(
-    0, 2**63, size=1 << 16, dtype=np.uint64
-) * np.uint64(2) + np.uint64(1)
+_MULTIPLIERS = np.zeros(0, np.uint64)
+
+
+def _multipliers(n: int) -> np.ndarray:
+    """``n`` fixed, odd, well-mixed 64-bit constants (splitmix64 of 1, 2, 3, ...)."""
+    global _MULTIPLIERS
+    if len(_MULTIPLIERS) < n:
+        with np.errstate(over="ignore"):
+            z = np.arange(1, max(n, 4096) + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            _MULTIPLIERS = (z ^ (z >> np.uint64(31))) | np.uint64(1)
+    return _MULTIPLIERS[:n]
 
 
 # ---------------------------------------------------------------------------- result
@@ -302,9 +311,10 @@ def find_groups(array: np.ndarray, *, threads: int | None = None) -> list[np.nda
     n, width = rows.shape
     threads = threads or min(2, os.cpu_count() or 1)
     prefix = min(width, PREFIX_BYTES)
+    _multipliers(-(-width // 8))  # made once, before the threads share them
 
     # 1. sieve: rows with a unique prefix are unique
-    chunk = max(1, (CHUNK_BYTES * 8) // max(prefix, 8))
+    chunk = max(1, CHUNK_BYTES // max(prefix, 8))
     spans = [(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
     with ThreadPoolExecutor(threads) as pool:
         parts = list(pool.map(lambda s: hash_rows(rows[s[0] : s[1], :prefix]), spans))
@@ -362,9 +372,7 @@ def hash_rows(rows: np.ndarray) -> np.ndarray:
     verifies every match byte-for-byte.
     """
     words = _u64_words(rows)
-    if words.shape[1] > len(_MULTIPLIERS):
-        raise BlackholesError(f"rows of {rows.shape[1]} bytes are longer than supported")
-    return (words * _MULTIPLIERS[: words.shape[1]]).sum(axis=1, dtype=np.uint64)
+    return (words * _multipliers(words.shape[1])).sum(axis=1, dtype=np.uint64)
 
 
 def _byte_rows(array: np.ndarray) -> np.ndarray:

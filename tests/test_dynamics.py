@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blackholes.cli import main
-from blackholes.dynamics import _order_key, _pairwise, analyze, parse_steps, parse_tokens
+from blackholes.dynamics import _order_key, _pairwise, _ulp, analyze, parse_steps, parse_tokens
 from blackholes.errors import BlackholesError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -212,6 +212,7 @@ def test_freeze_steps_are_reported(tmp_path):
     assert r.freeze["frozen_steps"] == [5, 6, 9]
     assert r.freeze["frozen_with_gradient"] == [5, 6, 9]  # pushed, yet no bit moved
     assert r.series["speed"][5] == 0.0 and r.series["frozen_fraction"][5] == 1.0
+    assert r.series["update_ulps_median"][5] == 0.0 and r.series["update_ulps_median"][4] > 1
     assert r.rigid_body  # frozen together is still together
     assert "Frozen" in r.report()
 
@@ -363,3 +364,9 @@ def test_verdict_names_the_broken_link(tmp_path):
     r = analyze(path, tokens=UNTRAINED)
     assert r.first_divergence == {"logits": None, "grads": 6, "positions": 6}
     assert "step 6" in r.verdict and "link 3" in r.verdict
+
+
+def test_ulp_of_each_dtype():
+    x = np.array([1.0, 0.25, -3.0, 0.0])
+    assert list(_ulp(x, "BF16")) == [2.0**-7, 2.0**-9, 2.0**-6, 2.0**-133]
+    assert list(_ulp(x[:3], "F32")) == [2.0**-23, 2.0**-25, 2.0**-22]

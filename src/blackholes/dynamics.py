@@ -203,6 +203,7 @@ def analyze(
     speed[1:] = hole["displacement"][1:] / gaps
     series["speed"] = speed
     series["frozen_fraction"] = hole["frozen_fraction"]
+    series["update_ulps_median"] = hole["update_ulps"]
     if rec.losses is not None:
         series["loss"] = rec.losses
 
@@ -525,10 +526,12 @@ def _track_hole(rec: _Recording, U: np.ndarray) -> dict:
     grad_norm = np.zeros(n)
     frozen = np.full(n, np.nan)
     grad_zero = np.zeros(n, bool)
+    first_row = np.zeros((n, dim))
     row_bytes = len(U) * dim * emb.dtype.itemsize
     prev = None
     for a, b in _chunks(n, row_bytes):
         eb = _bits(np.asarray(emb[a:b][:, U]), edt)
+        first_row[a:b] = _floats(eb[:, 0], edt)
         gb = _bits(np.asarray(grads[a:b][:, U]), gdt)
         centroid[a:b] = _group_mean(eb, edt)
         g = _group_mean(gb, gdt)
@@ -539,6 +542,10 @@ def _track_hole(rec: _Recording, U: np.ndarray) -> dict:
         same = (stacked[1:] == stacked[:-1]).reshape(len(stacked) - 1, -1).mean(axis=1)
         frozen[(a + 1 if prev is None else a):b] = same
         prev = eb[-1:]
+    # how far the hole's first token moved, in units in the last place of the dtype
+    update_ulps = np.full(n, np.nan)
+    with np.errstate(invalid="ignore"):
+        update_ulps[1:] = np.median(np.abs(np.diff(first_row, axis=0)) / _ulp(first_row[:-1], edt), axis=1)
     displacement = np.full(n, np.nan)
     diff = np.diff(centroid, axis=0)
     displacement[1:] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
@@ -549,7 +556,17 @@ def _track_hole(rec: _Recording, U: np.ndarray) -> dict:
         "shared_grad_norm": grad_norm,
         "frozen_fraction": frozen,
         "grad_zero": grad_zero,
+        "update_ulps": update_ulps,
     }
+
+
+def _ulp(x: np.ndarray, dtype: str) -> np.ndarray:
+    """The spacing of the dtype's representable numbers at ``x`` (float64 result)."""
+    if dtype == "BF16":  # 8 significant bits; the subnormal spacing 2**-133 below 2**-126
+        _, e = np.frexp(x)
+        return np.maximum(np.ldexp(1.0, e - 8), 2.0**-133)
+    width = {"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype]
+    return np.abs(np.spacing(x.astype(width))).astype(np.float64)
 
 
 def _group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:
@@ -562,6 +579,10 @@ def _group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:
     return mean
 
 
+def _finite_or_none(x) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
 def _first_false(identical: np.ndarray, skip: np.ndarray, steps: np.ndarray) -> int | None:
     broken = np.flatnonzero(~identical & ~skip)
     return int(steps[broken[0]]) if broken.size else None
@@ -572,7 +593,11 @@ def _freeze_summary(hole: dict, steps: np.ndarray, dtype: str) -> dict:
     frozen = np.flatnonzero(frac == 1.0)
     pushed = frozen[~hole["grad_zero"][frozen]]
     moved = frac[1:]
+    ulps = hole["update_ulps"][1:]
     return {
+        "update_ulps_median_first": _finite_or_none(ulps[0]) if ulps.size else None,
+        "update_ulps_median_last": _finite_or_none(ulps[-1]) if ulps.size else None,
+        "steps_median_update_below_1_ulp": int(np.count_nonzero(ulps < 1)),
         "dtype": dtype,
         "frozen_steps": [int(steps[i]) for i in frozen],
         "frozen_count": int(frozen.size),
@@ -814,6 +839,10 @@ def _render_report(r: DynamicsResult) -> str:
                     f"yet no bit moved (an update below one ulp of {fz['dtype']} rounds away)")
     else:
         body.append("  Never frozen: the hole moved at every step")
+    if fz["update_ulps_median_first"] is not None:
+        body.append(f"  Update size (median over the hole's coordinates): {fz['update_ulps_median_first']:g} ulp of "
+                    f"{fz['dtype']} at the first step, {fz['update_ulps_median_last']:g} at the last; below 1 ulp "
+                    f"(most coordinates unchanged) at {fz['steps_median_update_below_1_ulp']} of {n - 1} steps")
     if fz["steps_partly_frozen"]:
         body.append(f"  Partly frozen at {fz['steps_partly_frozen']} steps (some coordinates' updates rounded away; "
                     f"on average {100 * fz['mean_frozen_fraction']:.1f}% of coordinates unchanged per step)")

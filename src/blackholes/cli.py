@@ -32,7 +32,10 @@ def _add_scan(sub) -> argparse.ArgumentParser:
             "in the local Hugging Face cache (offline)."
         ),
     )
-    p.add_argument("source", metavar="SOURCE", help="file.safetensors | model directory | org/model id")
+    p.add_argument(
+        "source", metavar="SOURCE",
+        help="file.safetensors | model directory | org/name[@revision] in the local Hugging Face cache",
+    )
     p.add_argument("--key", help="tensor name inside the safetensors file(s)")
     p.add_argument(
         "--matrix",

@@ -564,7 +564,7 @@ def _ulp(x: np.ndarray, dtype: str) -> np.ndarray:
     """The spacing of the dtype's representable numbers at ``x`` (float64 result)."""
     if dtype == "BF16":  # 8 significant bits; the subnormal spacing 2**-133 below 2**-126
         _, e = np.frexp(x)
-        return np.maximum(np.ldexp(1.0, e - 8), 2.0**-133)
+        return np.where(x == 0, 2.0**-133, np.maximum(np.ldexp(1.0, e - 8), 2.0**-133))
     width = {"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype]
     return np.abs(np.spacing(x.astype(width))).astype(np.float64)
 

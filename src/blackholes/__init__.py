@@ -29,6 +29,9 @@ _LAZY = {
     "pca": "density",
     "reproduce": "report",
     "ReproduceResult": "report",
+    "train": "train",
+    "TrainConfig": "train",
+    "TrainResult": "train",
     "BlackholesError": "errors",
 }
 

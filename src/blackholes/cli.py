@@ -263,6 +263,79 @@ def _run_reproduce(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------- train
+
+
+def _add_train(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "train",
+        help="grow a black hole: train a tiny byte-level GPT from one shared point, recording every step",
+        description=(
+            "Train a byte-level GPT whose embedding rows all start at one point (plus sigma times noise) and "
+            "stream every step -- the tied embedding matrix, its gradient, the last position's logits, the loss "
+            "and Adam's state -- to one safetensors recording. Without --corpus it uses the package's own "
+            "default corpus. Ctrl-C keeps the steps done so far (metadata complete: false)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--corpus", metavar="PATH", help="training text, any file of bytes (default: packaged corpus)")
+    g.add_argument("--out", metavar="PATH", required=True, help="the recording to write (.safetensors)")
+    g.add_argument("--sigma", type=float, default=0.0, metavar="S",
+                   help="spread of the initial embedding rows around their shared centre (0: one point)")
+    g.add_argument("--steps", type=int, default=10_000, metavar="N", help="training steps")
+    g.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (initialisation and windows)")
+    g.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
+                   help="parameters, gradients and optimizer state")
+    g = p.add_argument_group("recording")
+    g.add_argument("--every", type=int, default=1, metavar="K", help="record every K-th step (and the last)")
+    g.add_argument("--no-optimizer-state", dest="optimizer_state", action="store_false",
+                   help="do not record Adam's momentum and variance")
+    g = p.add_argument_group("model")
+    g.add_argument("--vocab", type=int, default=128, metavar="V", help="byte values: 128 = ASCII, 256 = any byte")
+    g.add_argument("--context", type=int, default=128, metavar="T", help="sequence length")
+    g.add_argument("--width", type=int, default=64, metavar="D", help="embedding width")
+    g.add_argument("--layers", type=int, default=2, metavar="L", help="transformer blocks")
+    g.add_argument("--heads", type=int, default=2, metavar="H", help="attention heads")
+    g.add_argument("--mlp-ratio", type=int, default=4, metavar="R", help="MLP hidden width / width")
+    g = p.add_argument_group("optimizer (AdamW)")
+    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    g.add_argument("--schedule", choices=("linear", "constant"), default="linear",
+                   help="learning rate: linear decay to 0 over the run, or constant")
+    g.add_argument("--beta1", type=float, default=0.9)
+    g.add_argument("--beta2", type=float, default=0.999)
+    g.add_argument("--eps", type=float, default=1e-8)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clipping (0: off)")
+    g.add_argument("--batch", type=int, default=1, metavar="B", help="random windows per step")
+    g = p.add_argument_group("execution")
+    g.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="run eagerly instead of torch.compile (slower; no compilation wait)")
+    g.add_argument("--threads", type=int, default=0, metavar="N", help="torch threads (0: torch's default)")
+    g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    return p
+
+
+def _run_train(args) -> int:
+    from .train import TrainConfig, train
+
+    config = TrainConfig(
+        corpus=args.corpus, sigma=args.sigma, steps=args.steps, seed=args.seed, dtype=args.dtype,
+        vocab=args.vocab, context=args.context, width=args.width, layers=args.layers, heads=args.heads,
+        mlp_ratio=args.mlp_ratio, lr=args.lr, schedule=args.schedule, beta1=args.beta1, beta2=args.beta2,
+        eps=args.eps, weight_decay=args.weight_decay, clip=args.clip, batch=args.batch, every=args.every,
+        optimizer_state=args.optimizer_state, compile=args.compile, threads=args.threads,
+    )
+    result = train(config, args.out, progress=not args.quiet)
+    if result.interrupted:
+        print(f"blackholes: interrupted after {result.steps_done} steps; "
+              f"partial recording (complete: false) written to {result.path}", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(result.summary())
+    return 0
+
+
 # ---------------------------------------------------------------------------- main
 
 COMMANDS = [
@@ -270,6 +343,7 @@ COMMANDS = [
     (_add_map, _run_map),
     (_add_reproduce, _run_reproduce),
     (_add_dynamics, _run_dynamics),
+    (_add_train, _run_train),
 ]
 
 

@@ -831,7 +831,8 @@ def _render_report(r: DynamicsResult) -> str:
     body.append(f"  Centroid: travelled {path:.6e} in total, ending {r.series['centroid_distance_from_start'][-1]:.6e}"
                 f" from where it started; speed max {np.nanmax(r.series['speed'][1:]):.6e} per step,"
                 f" last {r.series['speed'][-1]:.6e}")
-    body.append(f"  Shared gradient norm: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {np.nanmax(gn):.6e}")
+    which = "Shared gradient norm" if r.identical_all_steps["grads"] else "Norm of the untrained tokens' mean gradient"
+    body.append(f"  {which}: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {np.nanmax(gn):.6e}")
     fz = r.freeze
     if fz["frozen_count"]:
         body.append(f"  Frozen (no bit of the hole changed) at {fz['frozen_count']} of {n - 1} steps, first at step "

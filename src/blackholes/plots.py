@@ -231,7 +231,8 @@ def _plot_spread(result, path: Path) -> Path:
     ]
     k = len(result.untrained_tokens)
     for ax, (q, title) in zip(axes, panels):
-        series = [(s[f"{q}_spread"], f"untrained ({k} tokens, the hole)", _HOLE)]
+        hole = ", the hole" if result.rigid_body else ""
+        series = [(s[f"{q}_spread"], f"untrained ({k} tokens{hole})", _HOLE)]
         if f"trained_{q}_spread" in s:
             series.append((s[f"trained_{q}_spread"], f"trained ({len(result.trained_tokens)} tokens)", _TRAINED))
         _log_with_zero_band(ax, steps, series)

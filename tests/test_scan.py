@@ -239,6 +239,25 @@ def test_tokens_and_padding_rows(tmp_path):
         scan(folder, tokenizer=tmp_path / "bad.json")
 
 
+def test_readable_byte_level_tokens(tmp_path):
+    """Decoded text when it is readable; the vocabulary piece for a lone UTF-8 byte."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from blackholes.tokens import load_tokenizer, readable
+
+    pieces = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["Ġthe", "âĢ"]
+    tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|endoftext|>"])
+    tok.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)  # a folder holding tokenizer.json
+    n = len(pieces)
+    assert readable(tok, pieces.index("Ġthe")) == " the"
+    assert readable(tok, pieces.index("âĢ")) == "âĢ"  # bytes E2 80: half a character
+    assert readable(tok, n) == "<|endoftext|>"
+    assert readable(tok, n + 1) is None
+
+
 # ---------------------------------------------------------------------------- inputs
 
 

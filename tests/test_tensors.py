@@ -78,6 +78,15 @@ def test_ambiguous_file_lists_candidates(tmp_path):
         load_matrix(tmp_path / "m.safetensors")
 
 
+def test_matrix_choice_in_a_lone_file(tmp_path):
+    save_file({"model.embed_tokens.weight": rows(1), "lm_head.weight": rows(2)}, str(tmp_path / "m.safetensors"))
+    assert load_matrix(tmp_path / "m.safetensors").key == "lm_head.weight"
+    assert load_matrix(tmp_path / "m.safetensors", matrix="input").key == "model.embed_tokens.weight"
+    save_file({"w": rows(1)}, str(tmp_path / "w.safetensors"))
+    with pytest.raises(BlackholesError, match="no input embedding with a known name.*--key: w"):
+        load_matrix(tmp_path / "w.safetensors", matrix="input")
+
+
 def test_key_not_found_lists_keys(tmp_path):
     save_file({"a": rows(1), "b": rows(2)}, str(tmp_path / "m.safetensors"))
     with pytest.raises(BlackholesError, match=r"'c' not found.*keys: a, b"):

@@ -377,6 +377,10 @@ def _pick_in_file(header: Header, matrix: str | None) -> tuple[str, str]:
         shapes = ", ".join(f"{n} {list(t.shape)}" for n, t in sorted(header.tensors.items())[:20])
         raise BlackholesError(f"no 2-D tensor in {header.path} (tensors: {shapes})")
     listed = ", ".join(two_d[:20]) + (f", ... ({len(two_d)} in all)" if len(two_d) > 20 else "")
+    if matrix is not None:
+        raise BlackholesError(
+            f"no {matrix} embedding with a known name in {header.path}; pick one with --key: {listed}"
+        )
     raise BlackholesError(f"several 2-D tensors in {header.path}; pick one with --key: {listed}")
 
 

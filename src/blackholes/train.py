@@ -175,14 +175,12 @@ def load_corpus(config: TrainConfig) -> tuple[bytes, Path]:
         raise BlackholesError(
             f"corpus {path} has {len(data)} bytes; a training window needs context + 1 = {need}"
         )
-    counts = np.bincount(np.frombuffer(data, dtype=np.uint8), minlength=256)
-    outside = np.flatnonzero(counts[config.vocab:])
-    if outside.size:
-        byte = config.vocab + int(outside[0])
-        where = data.index(bytes([byte]))
+    bad = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) >= config.vocab)
+    if bad.size:
+        where = int(bad[0])
         raise BlackholesError(
-            f"corpus byte 0x{byte:02x} at offset {where} of {path} is outside the vocabulary of "
-            f"{config.vocab} ({int(counts[config.vocab:].sum())} such bytes); use --vocab 256"
+            f"corpus byte 0x{data[where]:02x} at offset {where} of {path} is outside the vocabulary of "
+            f"{config.vocab} ({bad.size} such bytes); use a larger --vocab (256 takes any byte)"
         )
     return data, path
 

@@ -112,7 +112,8 @@ def _add_map(sub) -> argparse.ArgumentParser:
     group.add_argument("--auto-mask", action="store_true", help="scan the matrix for black holes first")
     p.add_argument("--out", metavar="FILE.png", required=True, help="where to write the figure (PNG)")
     p.add_argument("--json", metavar="PATH", help="also write the projection's numbers as JSON")
-    p.add_argument("--bins", type=int, default=200, metavar="N", help="histogram bins per axis (default 200)")
+    p.add_argument("--bins", type=int, metavar="N",
+                   help="histogram bins per axis (default: 4 sqrt(rows), from 24 to 200)")
     p.add_argument("--title", help="figure title (default: the source and tensor name)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
@@ -126,7 +127,7 @@ def _run_map(args) -> int:
 
     if not args.out.lower().endswith(".png"):
         raise BlackholesError(f"--out must name a .png file, got {args.out}")
-    if args.bins < 2 or args.bins > 2000:
+    if args.bins is not None and not 2 <= args.bins <= 2000:
         raise BlackholesError(f"--bins must be between 2 and 2000, got {args.bins}")
     for out in (args.out, args.json):
         if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):

@@ -381,7 +381,7 @@ def density_map(
     mask: np.ndarray | str | os.PathLike | None = None,
     black_hole_id: np.ndarray | None = None,
     auto_mask: bool = False,
-    bins: int = 200,
+    bins: int | None = None,
     n_iter: int = 4,
     seed: int = 0,
     progress: bool = False,
@@ -428,6 +428,8 @@ def density_map(
     if mask is not None and (~mask).sum() < 2:
         raise BlackholesError(f"the mask leaves {int((~mask).sum())} of {V} rows; nothing to map")
 
+    if bins is None:
+        bins = default_bins(V)
     t = time.perf_counter()
     sets = [None] if mask is None else [None, ~mask]
     projections, norms = pca_sets(array, dtype, rows=sets, k=2, n_iter=n_iter, seed=seed, progress=progress)
@@ -453,6 +455,11 @@ def density_map(
         out.hist_masked = histogram2d(kept.coords[~mask], bins=bins)
     out.seconds["total"] = time.perf_counter() - t0
     return out
+
+
+def default_bins(rows: int) -> int:
+    """Histogram bins per axis: ~4 sqrt(rows), between 24 (tiny vocabularies) and 200."""
+    return int(min(200, max(24, 4 * np.sqrt(rows))))
 
 
 def _ids_from_mask(array: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -59,7 +59,12 @@ def _density_panel(fig, ax, hist, title: str, cmap: str = "viridis"):
 
 def _pc_label(proj, i: int) -> str:
     ratio = proj.explained_variance_ratio[i] * 100 if i < len(proj.explained_variance) else 0.0
-    return f"PC{i + 1} (embedding units; {ratio:.2g}% of variance)"
+    share = f"{ratio:.1f}" if ratio >= 1 else f"{ratio:.2g}"
+    return f"PC{i + 1} (embedding units; {share}% of variance)"
+
+
+def _tokens(n: int) -> str:
+    return f"{n:,} token" + ("" if n == 1 else "s")
 
 
 def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 5) -> Path:
@@ -84,7 +89,7 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
     # (1) without the mask
     ax = axes[0]
     _density_panel(
-        fig, ax, dmap.hist_full, f"Without mask: all {V:,} tokens\ndensiest bin holds {dmap.peak_bin_count():,} tokens"
+        fig, ax, dmap.hist_full, f"Without mask: all {V:,} tokens\ndensest bin holds {_tokens(dmap.peak_bin_count())}"
     )
     ax.set_xlabel(_pc_label(dmap.full, 0))
     ax.set_ylabel(_pc_label(dmap.full, 1))
@@ -97,9 +102,9 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
             label=f"black holes (largest {len(shown)} of {len(groups)} groups)",
         )
         xmid = 0.5 * (dmap.hist_full.xedges[0] + dmap.hist_full.xedges[-1])
-        for (gid, size, _), (x, y) in zip(shown, xy):
+        for label, (x, y) in _group_labels(shown, xy, dmap.hist_full):
             right = x <= xmid  # keep labels inside the frame: write them towards the centre
-            ax.annotate(f"#{gid}: {size:,} tokens", (x, y), xytext=(10 if right else -10, 8),
+            ax.annotate(label, (x, y), xytext=(10 if right else -10, 8),
                         textcoords="offset points", ha="left" if right else "right",
                         color="#b00000", fontsize=8.5, fontweight="bold",
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
@@ -113,7 +118,7 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
         _density_panel(
             fig, ax, dmap.hist_masked,
             f"With mask: {kept:,} tokens ({n_bh:,} black-hole tokens removed)\n"
-            f"densiest bin holds {dmap.peak_bin_count(masked=True):,} tokens",
+            f"densest bin holds {_tokens(dmap.peak_bin_count(masked=True))}",
         )
         ax.set_xlabel(_pc_label(dmap.masked, 0))
         ax.set_ylabel(_pc_label(dmap.masked, 1))
@@ -143,6 +148,26 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
     fig.suptitle(f"{head} — {V:,} × {D:,} {dmap.dtype}, projected on its two leading principal directions",
                  fontsize=11.5)
     return save_figure(fig, path)
+
+
+def _group_labels(shown, xy, hist):
+    """One label per cluster of groups that fall in the same histogram bin (else they overprint)."""
+    import numpy as np
+
+    bx = np.clip(np.searchsorted(hist.xedges, xy[:, 0]), 0, len(hist.xedges))
+    by = np.clip(np.searchsorted(hist.yedges, xy[:, 1]), 0, len(hist.yedges))
+    clusters: dict = {}
+    for (gid, size, _), key, point in zip(shown, zip(bx, by), xy):
+        clusters.setdefault(key, ([], point))[0].append((gid, size))
+    out = []
+    for members, point in clusters.values():
+        if len(members) == 1:
+            gid, size = members[0]
+            out.append((f"#{gid}: {_tokens(size)}", point))
+        else:
+            text = " + ".join(f"#{g} ({s:,})" for g, s in members)
+            out.append((f"{text} tokens, one bin", point))
+    return out
 
 
 def _note_outside(ax, outside: int) -> None:

@@ -156,11 +156,14 @@ def reproduce(
     progress: bool = True,
     log=print,
     command: str | None = None,
+    recipe: dict | None = None,
 ) -> ReproduceResult:
     """Train, record, scan, analyse and plot; write everything and ``report.html`` into ``out``.
 
     ``corpus`` None uses the package's own default corpus. ``log`` receives one line
     per stage (``None`` for silence); ``progress`` shows the training and PCA bars.
+    ``recipe`` overrides further :class:`~blackholes.train.TrainConfig` fields
+    (e.g. ``{"vocab": 256}``).
 
     >>> r = reproduce("demo")                        # the default corpus, sigma = 0
     >>> r.answer[0]
@@ -179,8 +182,11 @@ def reproduce(
         raise BlackholesError(f"no such corpus file: {corpus_path}")
     (out / "plots").mkdir(parents=True, exist_ok=True)
     files = {k: out / v for k, v in FILES.items()}
-    config = TrainConfig(corpus=corpus if corpus is None else str(corpus), sigma=sigma, steps=steps, seed=seed,
-                         dtype=dtype)
+    try:
+        config = TrainConfig(corpus=corpus if corpus is None else str(corpus), sigma=sigma, steps=steps, seed=seed,
+                             dtype=dtype, **(recipe or {}))
+    except TypeError as e:
+        raise BlackholesError(f"unknown training setting: {e}") from None
     command = command or canonical_command(out, corpus, steps, sigma, seed, dtype)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -231,7 +237,9 @@ def reproduce(
     dyn = None
     dyn_plots: list[Path] = []
     if len(followed) >= 1:
-        dyn = analyze(files["recording"], tokens=followed)
+        last = int(trained.steps_done)
+        sample = sorted({s for s in (0, 1, 2, 10, 100, 1000, 10000) if s <= last} | {last})
+        dyn = analyze(files["recording"], tokens=followed, steps=sample)
         _write_json(files["dynamics"], dyn.to_json())
         dyn_plots = [Path(p) for p in plot_dynamics(dyn, out / "plots")]
     else:
@@ -410,10 +418,10 @@ def _answer(r: ReproduceResult) -> list[str]:
         parts = [f"{len(ns)} bytes that never occur in the corpus"] if ns else []
         if nd:
             parts.append(f"{len(nd)} rare byte{'s' if len(nd) != 1 else ''} the run never drew "
-                         f"({_fmt_tokens(nd)})")
+                         f"({_code_tokens(nd)})")
         extra = sorted(set(r.hole_tokens) - set(ns) - set(nd))
         if extra:
-            parts.append(f"{len(extra)} byte(s) drawn but never pulled apart ({_fmt_tokens(extra)})")
+            parts.append(f"{len(extra)} byte(s) drawn but never pulled apart ({_code_tokens(extra)})")
         lines.append(
             f"**{len(r.hole_tokens)} of {V} tokens are dead**: after {steps:,} training steps they still share "
             f"one bit-identical embedding vector — a black hole made of {' and '.join(parts)}."
@@ -427,20 +435,29 @@ def _answer(r: ReproduceResult) -> list[str]:
         lines.append(f"**No black hole** after {steps:,} steps: every token was drawn and pulled apart.")
     others = [g for g in r.final_scan.groups if not set(g.token_ids) & set(r.hole_tokens)]
     if others:
-        lines.append(f"The final matrix also has {len(others)} other group(s) of identical rows "
-                     f"({', '.join(str(g.size) for g in others[:5])} tokens).")
+        shown = "; ".join(_code_tokens(g.token_ids) for g in others[:5])
+        lines.append(f"Besides, {len(others)} smaller group{'s' if len(others) != 1 else ''} of drawn bytes "
+                     f"still share{'s' if len(others) == 1 else ''} a vector: {shown}.")
     d = r.dynamics
     if d is not None:
         n = len(d.recorded_steps)
+        k = len(d.untrained_tokens)
+        who = f"the {k} {'never-seen' if r.never_seen else 'never-drawn'} bytes"
         if d.rigid_body:
+            tail = ""
+            if d.never_drawn is not None and r.never_seen and r.never_drawn:
+                stays = d.never_drawn.get("stays_in_hole")
+                tail = (f"; the {len(r.never_drawn)} never-drawn bytes stay with them at every step" if stays
+                        else f"; the {len(r.never_drawn)} never-drawn bytes do not stay with them at every step")
             lines.append(
-                f"**They move as one body**: at every one of the {n:,} recorded steps their logits, gradients and "
-                f"positions are bit-for-bit identical — same point, same score, same gradient, same update."
+                f"**They move as one body**: at every one of the {n:,} recorded steps {who} have bit-for-bit "
+                f"identical logits, gradients and positions — same point, same score, same gradient, same "
+                f"update{tail}."
             )
         else:
             fd = d.first_divergence
-            broken = ", ".join(f"{q} from step {s}" for q, s in fd.items() if s is not None)
-            lines.append(f"**They do not move as one body**: {broken or d.verdict}.")
+            broken = ", ".join(f"{q} differ from step {s:,}" for q, s in fd.items() if s is not None)
+            lines.append(f"**They do not move as one body**: for {who}, {broken or d.verdict}.")
     if d is not None and r.hole_tokens:
         frz = d.freeze
         if r.frozen_from is not None:
@@ -624,6 +641,14 @@ def _document(r: ReproduceResult, plots: dict[str, Path]) -> _Document:
             ])
         doc.table(["quantity", "untrained: identical at every step", "untrained: first differs",
                    "trained (contrast): identical", "trained: first differs"], rows)
+        if d.never_drawn is not None:
+            nd = d.never_drawn
+            doc.table(
+                ["never-drawn bytes, same as the hole's first token", "at every step", "first differs"],
+                [[q, "yes" if nd["identical_all_steps"][q] else "no",
+                  "never" if nd["first_divergence"][q] is None else f"step {nd['first_divergence'][q]:,}"]
+                 for q in ("logits", "grads", "positions")],
+            )
         doc.para(d.verdict)
         if d.sampled:
             srows = []
@@ -711,6 +736,12 @@ def _fmt_tokens(ids: list[int], limit: int = 60) -> str:
             shown.append(str(t))
     more = f" … (+{len(ids) - limit})" if len(ids) > limit else ""
     return " ".join(shown) + more
+
+
+def _code_tokens(ids: list[int], limit: int = 12) -> str:
+    """A few byte ids as code spans: `(` `)`."""
+    shown = " ".join(f"`{t}`" for t in _fmt_tokens(ids[:limit]).split(" "))
+    return shown + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
 
 
 def _short(value, limit: int = 80) -> str:

@@ -1,0 +1,214 @@
+"""`blackholes reproduce`: every promised file exists, is valid, and agrees with independent analyses."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blackholes.cli import main
+from blackholes.errors import BlackholesError
+from blackholes.report import FILES, reproduce
+
+STEPS = 40
+FAST = {"compile": False}  # torch.compile pays for itself only on long runs
+
+
+def _corpus(path: Path) -> Path:
+    """Lowercase prose with ten rare bytes, each once: most are never drawn in 40 short windows."""
+    rng = np.random.default_rng(7)
+    words = ["the", "hole", "moves", "as", "one", "body", "and", "never", "splits", "apart"]
+    text = list(" ".join(rng.choice(words, size=9000)))
+    for i, ch in enumerate("QXZ0123456"):
+        text[1000 + 3500 * i] = ch
+    path.write_text("".join(text), encoding="ascii")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("reproduce")
+    corpus = _corpus(base / "corpus.txt")
+    out = base / "demo"
+    result = reproduce(out, corpus=corpus, steps=STEPS, progress=False, log=None, recipe=FAST)
+    return result, out, corpus
+
+
+def test_every_promised_file_exists(run):
+    result, out, _ = run
+    for key, name in FILES.items():
+        assert (out / name).is_file(), name
+    for name in ("dynamics_spread", "dynamics_speed", "dynamics_logits", "map"):
+        assert result.files[name].is_file()
+    assert result.report_html == out / "report.html"
+
+
+def test_pngs_decode(run):
+    from matplotlib.image import imread
+
+    pngs = sorted((run[1] / "plots").glob("*.png"))
+    assert len(pngs) == 4
+    for png in pngs:
+        image = imread(png)
+        assert image.ndim == 3 and min(image.shape[:2]) > 200, png
+
+
+def test_html_is_self_contained_and_references_only_existing_files(run):
+    result, out, _ = run
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page)
+    embedded = [r for r in refs if r.startswith("data:image/png;base64,")]
+    assert len(embedded) == 4
+    for ref in refs:
+        if not ref.startswith("data:"):
+            assert (out / ref).is_file(), ref
+    # file names mentioned in the page exist too
+    for name in re.findall(r"<code>([\w/.-]+\.(?:safetensors|json|png|md))</code>", page):
+        assert (out / name).is_file(), name
+    # the page opens with the answer, then the evidence, then the command and versions
+    answer, evidence, how = page.index(">Answer<"), page.index(">Evidence<"), page.index(">How this was made<")
+    assert answer < evidence < how
+    assert f"--steps {STEPS}" in page and "numpy" in page and "torch" in page and "blackholes" in page
+
+
+def test_markdown_matches_html(run):
+    result, out, _ = run
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for line in result.answer:
+        assert line in md
+    for ref in re.findall(r"\]\(([^)]+)\)", md):
+        assert (out / ref).is_file(), ref
+    assert result.command in md
+
+
+def test_scan_json_agrees_with_an_independent_scan(run):
+    from blackholes.scan import scan
+    from blackholes.tensors import open_tensor, read_header
+
+    result, out, _ = run
+    header = read_header(out / "recording.safetensors")
+    emb = open_tensor(out / "recording.safetensors", "embeddings", header)
+    dtype = header.tensors["embeddings"].dtype
+    assert emb.shape[0] == STEPS + 1
+    for which, index in (("initial", 0), ("final", -1)):
+        doc = json.loads((out / f"scan_{which}.json").read_text())
+        fresh = scan(np.array(emb[index]), dtype=dtype)
+        assert doc["unique_vectors"] == fresh.unique_vectors
+        assert doc["black_hole_tokens"] == fresh.black_hole_tokens
+        assert [g["token_ids"] for g in doc["groups"]] == [g.token_ids for g in fresh.groups]
+
+
+def test_masks_are_readable_as_the_notebooks_read_them(run):
+    import torch
+    from safetensors.torch import load_file
+
+    result, out, _ = run
+    final = load_file(out / "mask_final.safetensors")
+    assert final["mask"].dtype == torch.bool and tuple(final["mask"].shape) == (128,)
+    assert sorted(torch.nonzero(final["mask"]).flatten().tolist()) == sorted(
+        t for g in result.final_scan.groups for t in g.token_ids
+    )
+    assert bool(load_file(out / "mask_initial.safetensors")["mask"].all())  # sigma = 0: one point
+
+
+def test_sigma_zero_hole_is_never_seen_plus_never_drawn(run):
+    """Check the report's hole against the corpus and the recording's draw counts, computed here."""
+    from blackholes.tensors import read_header
+
+    result, out, corpus = run
+    present = set(corpus.read_bytes())
+    never_seen = [b for b in range(128) if b not in present]
+    meta = read_header(out / "recording.safetensors").metadata
+    inputs, targets = json.loads(meta["input_counts"]), json.loads(meta["target_counts"])
+    never_drawn = [b for b in range(128) if b in present and inputs[b] == 0 and targets[b] == 0]
+    assert never_drawn, "the fixture should leave some rare byte undrawn"
+    summary = json.loads((out / "reproduce.json").read_text())
+    assert summary["never_seen"] == never_seen
+    assert summary["never_drawn"] == never_drawn
+    assert summary["hole_tokens"] == sorted(never_seen + never_drawn)
+    assert summary["dead_tokens"] == len(never_seen) + len(never_drawn)
+    assert all(c["passed"] for c in summary["checks"]), summary["checks"]
+    # the hole is one group of the final scan
+    groups = json.loads((out / "scan_final.json").read_text())["groups"]
+    assert sorted(never_seen + never_drawn) in [g["token_ids"] for g in groups]
+    assert result.answer[0].startswith(f"**{len(never_seen) + len(never_drawn)} of 128 tokens are dead**")
+
+
+def test_dynamics_json_agrees_with_analyze(run):
+    from blackholes.dynamics import analyze
+
+    result, out, _ = run
+    doc = json.loads((out / "dynamics.json").read_text())
+    fresh = analyze(out / "recording.safetensors", tokens=result.never_seen)
+    assert doc["untrained_tokens"] == fresh.untrained_tokens == result.never_seen
+    assert doc["identical_all_steps"] == fresh.identical_all_steps == {"logits": True, "grads": True, "positions": True}
+    assert doc["first_divergence"] == fresh.first_divergence
+    assert doc["rigid_body"] is True
+    summary = json.loads((out / "reproduce.json").read_text())
+    assert summary["rigid_body"] is True
+    # the frozen-from step is read off the per-step series: frozen at every step from it on
+    frac = np.array([np.nan if v is None else v for v in doc["series"]["frozen_fraction"]])
+    steps = np.array(doc["series"]["step"])
+    if summary["frozen_from"] is not None:
+        assert (frac[steps >= summary["frozen_from"]] == 1.0).all()
+        assert frac[steps == summary["frozen_from"] - 1][0] != 1.0 or summary["frozen_from"] == 1
+    else:
+        assert frac[-1] != 1.0
+
+
+def test_map_json_agrees_with_final_scan(run):
+    result, out, _ = run
+    summary = json.loads((out / "reproduce.json").read_text())
+    assert summary["map"]["black_hole_tokens"] == result.final_scan.black_hole_tokens
+    assert summary["map"]["without_mask"]["peak_bin_count"] >= len(result.hole_tokens)
+    assert summary["map"]["with_mask"]["peak_bin_count"] < len(result.hole_tokens)
+
+
+def test_existing_folder_needs_force(run, capsys):
+    result, out, corpus = run
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    rc = main(["reproduce", "--corpus", str(corpus), "--steps", "3", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.startswith("blackholes: error: ") and "--force" in err and err.count("\n") == 1
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
+
+
+def test_force_overwrites_and_sigma_keeps_rows_apart(tmp_path, capsys):
+    corpus = _corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "old.txt").write_text("left from before")
+    with pytest.raises(BlackholesError, match="pass --force"):
+        reproduce(out, corpus=corpus, steps=3, progress=False, log=None, recipe=FAST)
+    r = reproduce(out, corpus=corpus, steps=3, sigma=0.01, force=True, progress=False, log=None, recipe=FAST)
+    assert r.initial_scan.black_hole_tokens == 0
+    assert r.hole_tokens == []
+    assert r.answer[0].startswith("**No black hole**")
+    assert all(c.passed for c in r.checks)
+    assert r.dynamics is not None and r.dynamics.identical_all_steps["positions"] is False
+    assert "--sigma 0.01" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--steps", "0"], "--steps must be at least 1"),
+        (["--sigma", "-1"], "--sigma must be a finite number >= 0"),
+        (["--corpus", "/nonexistent/corpus.txt"], "no such corpus file"),
+    ],
+)
+def test_cli_bad_arguments(tmp_path, capsys, argv, message):
+    rc = main(["reproduce", *argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def test_cli_out_is_a_file(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(["reproduce", "--out", str(tmp_path / "f")]) == 2
+    assert "is a file" in capsys.readouterr().err

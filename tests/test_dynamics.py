@@ -370,3 +370,13 @@ def test_ulp_of_each_dtype():
     x = np.array([1.0, 0.25, -3.0, 0.0])
     assert list(_ulp(x, "BF16")) == [2.0**-7, 2.0**-9, 2.0**-6, 2.0**-133]
     assert list(_ulp(x[:3], "F32")) == [2.0**-23, 2.0**-25, 2.0**-22]
+
+
+def test_analysis_imports_neither_torch_nor_matplotlib(rigid):
+    import subprocess
+    import sys
+
+    code = ("import sys; from blackholes.dynamics import analyze; analyze(sys.argv[1]).report(); "
+            "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(rigid)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -380,3 +380,24 @@ def test_analysis_imports_neither_torch_nor_matplotlib(rigid):
             "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(rigid)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.01])
+def test_recording_from_blackholes_train(tmp_path, sigma):
+    train_mod = pytest.importorskip("blackholes.train")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 20)
+    config = train_mod.TrainConfig(corpus=str(corpus), sigma=sigma, steps=12, width=16, layers=1, heads=1,
+                                   context=16, compile=False, threads=1)
+    try:
+        train_mod.train(config, tmp_path / "run.safetensors", progress=False)
+    except NotImplementedError:
+        pytest.skip("blackholes.train is not implemented yet")
+    r = analyze(tmp_path / "run.safetensors")  # untrained = the recording's never_seen metadata
+    assert r.untrained_source == "metadata"
+    assert r.untrained_tokens == sorted(set(range(128)) - set(corpus.read_bytes()))
+    assert r.recorded_steps == list(range(13))
+    if sigma == 0:
+        assert r.rigid_body and r.first_divergence == {"logits": None, "grads": None, "positions": None}
+    else:
+        assert not r.rigid_body and r.first_divergence["positions"] == 0

@@ -574,8 +574,10 @@ def _group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:
     steps = bits.shape[0]
     same = (bits == bits[:, :1]).reshape(steps, -1).all(axis=1)
     mean = _floats(bits[:, 0], dtype).astype(np.float64)
-    if not same.all():
-        mean[~same] = _floats(bits[~same], dtype).astype(np.float64).mean(axis=1)
+    if not same.any():
+        mean = _floats(bits, dtype).mean(axis=1, dtype=np.float64)  # float64 accumulation, no float64 copy
+    elif not same.all():
+        mean[~same] = _floats(bits[~same], dtype).mean(axis=1, dtype=np.float64)
     return mean
 
 

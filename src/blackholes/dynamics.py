@@ -139,7 +139,8 @@ def analyze(
     notes: list[str] = []
     vocab = rec.shape[1]
     untrained, source = _untrained_tokens(rec, corpus, tokens, notes)
-    trained = [t for t in range(vocab) if t not in set(untrained)]
+    held = set(untrained)
+    trained = [t for t in range(vocab) if t not in held]
     sample_steps = parse_steps(steps)
     if rec.metadata.get("complete") in ("false", '"false"'):
         at = rec.meta_json("interrupted_at_step") if "interrupted_at_step" in rec.metadata else None
@@ -166,11 +167,12 @@ def analyze(
     n = rec.shape[0]
     no_grad = np.zeros(n, dtype=bool)
     no_grad[0] = True  # index 0 is the initialisation: no gradient was applied yet
+    skips = {q: no_grad if q == "grads" else np.zeros(n, dtype=bool) for q in QUANTITIES}
 
     identical_all, first_div, sign_zero = {}, {}, {}
     t_identical_all, t_first_div = {}, {}
     for quantity in QUANTITIES:
-        skip = no_grad if quantity == "grads" else np.zeros(n, dtype=bool)
+        skip = skips[quantity]
         g = per_group[quantity]["untrained"]
         ident, spread = g["identical"], g["spread"]
         series[f"{quantity}_spread"] = np.where(skip, np.nan, spread)
@@ -209,19 +211,13 @@ def analyze(
 
     never = None
     if len(S):
-        nd = {q: per_group[q]["never_drawn"] for q in QUANTITIES}
+        nd = {q: per_group[q]["never_drawn"]["identical"] for q in QUANTITIES}
         never = {
-            "identical_all_steps": {
-                q: bool(nd[q]["identical"][~(no_grad if q == "grads" else np.zeros(n, bool))].all())
-                for q in QUANTITIES
-            },
-            "first_divergence": {
-                q: _first_false(nd[q]["identical"], no_grad if q == "grads" else np.zeros(n, bool), rec.steps)
-                for q in QUANTITIES
-            },
+            "identical_all_steps": {q: bool(nd[q][~skips[q]].all()) for q in QUANTITIES},
+            "first_divergence": {q: _first_false(nd[q], skips[q], rec.steps) for q in QUANTITIES},
         }
         never["stays_in_hole"] = all(never["identical_all_steps"].values())
-        series["never_drawn_positions_identical"] = nd["positions"]["identical"].astype(np.float64)
+        series["never_drawn_positions_identical"] = nd["positions"].astype(np.float64)
 
     bad = np.flatnonzero(~np.isfinite(hole["centroid_norm"]))
     if bad.size:

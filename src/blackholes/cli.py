@@ -242,6 +242,8 @@ def _add_reproduce(sub) -> argparse.ArgumentParser:
                    help="spread of the initial embedding rows around their shared centre (default 0: one point)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="training dtype (default bf16)")
+    p.add_argument("--vocab", type=int, default=128, metavar="N",
+                   help="byte vocabulary: 128 (ASCII, default) or up to 256 for arbitrary bytes")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the recording, results and report")
     p.add_argument("--force", action="store_true", help="write into --out even if it is not empty")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors and the report's location")
@@ -254,6 +256,7 @@ def _run_reproduce(args) -> int:
     result = reproduce(
         args.out, corpus=args.corpus, steps=args.steps, sigma=args.sigma, seed=args.seed, dtype=args.dtype,
         force=args.force, progress=not args.quiet, log=None if args.quiet else print,
+        recipe=None if args.vocab == 128 else {"vocab": args.vocab},
     )
     if not args.quiet:
         print()

@@ -169,7 +169,7 @@ def reproduce(
     >>> r.answer[0]
     """
     from . import __version__
-    from .train import TrainConfig, default_corpus_path, train
+    from .train import TrainConfig, default_corpus_path, load_corpus, train
 
     say = log or (lambda *_: None)
     out = check_out_dir(out, force)
@@ -180,14 +180,16 @@ def reproduce(
     corpus_path = Path(corpus) if corpus is not None else default_corpus_path()
     if not corpus_path.is_file():
         raise BlackholesError(f"no such corpus file: {corpus_path}")
-    (out / "plots").mkdir(parents=True, exist_ok=True)
     files = {k: out / v for k, v in FILES.items()}
     try:
         config = TrainConfig(corpus=corpus if corpus is None else str(corpus), sigma=sigma, steps=steps, seed=seed,
                              dtype=dtype, **(recipe or {}))
     except TypeError as e:
         raise BlackholesError(f"unknown training setting: {e}") from None
-    command = command or canonical_command(out, corpus, steps, sigma, seed, dtype)
+    config.validate()
+    load_corpus(config)  # a byte outside the vocabulary fails here, before anything is written
+    (out / "plots").mkdir(parents=True, exist_ok=True)  # only once every setting is valid
+    command = command or canonical_command(out, corpus, steps, sigma, seed, dtype, recipe)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
 
@@ -296,13 +298,23 @@ def reproduce(
     return result
 
 
-def canonical_command(out, corpus, steps, sigma, seed, dtype) -> str:
-    """The ``blackholes reproduce`` command line with every setting spelled out."""
+def canonical_command(out, corpus, steps, sigma, seed, dtype, recipe=None) -> str:
+    """The ``blackholes reproduce`` command line with every setting spelled out.
+
+    Settings the command line cannot express (other ``recipe`` fields) follow as a comment.
+    """
     parts = ["blackholes", "reproduce"]
     if corpus is not None:
         parts += ["--corpus", str(corpus)]
-    parts += ["--steps", str(steps), "--sigma", f"{sigma:g}", "--seed", str(seed), "--dtype", dtype, "--out", str(out)]
-    return shlex.join(parts)
+    parts += ["--steps", str(steps), "--sigma", f"{sigma:g}", "--seed", str(seed), "--dtype", dtype]
+    extra = dict(recipe or {})
+    if "vocab" in extra:
+        parts += ["--vocab", str(extra.pop("vocab"))]
+    parts += ["--out", str(out)]
+    text = shlex.join(parts)
+    if extra:
+        text += "  # from Python, with recipe=" + json.dumps(extra, sort_keys=True)
+    return text
 
 
 def versions(blackholes_version: str) -> dict[str, str]:
@@ -723,7 +735,7 @@ def _config_json(config, corpus_path: Path) -> dict:
     return json.loads(json.dumps(out, default=str))
 
 
-def _fmt_tokens(ids: list[int], limit: int = 60) -> str:
+def _fmt_tokens(ids: list[int], limit: int = 256) -> str:
     """Byte ids as readable characters: ``Z``, ``\\x00``; ids beyond 255 as numbers."""
     shown = []
     for t in ids[:limit]:

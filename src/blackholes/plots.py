@@ -109,6 +109,8 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
                         color="#b00000", fontsize=8.5, fontweight="bold",
                         bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
         ax.legend(loc="lower right", fontsize=8.5, framealpha=0.85)
+    else:
+        _mark_densest(ax, dmap.hist_full)
     _note_outside(ax, dmap.hist_full.outside)
 
     # (2) with the mask
@@ -170,9 +172,21 @@ def _group_labels(shown, xy, hist):
     return out
 
 
+def _mark_densest(ax, hist) -> None:
+    """Circle the densest bin: with no mask to name the holes, a one-bin spike is a single pixel."""
+    import numpy as np
+
+    i, j = np.unravel_index(int(np.argmax(hist.counts)), hist.counts.shape)
+    x = 0.5 * (hist.xedges[i] + hist.xedges[i + 1])
+    y = 0.5 * (hist.yedges[j] + hist.yedges[j + 1])
+    ax.scatter([x], [y], s=260, facecolors="none", edgecolors="red", linewidths=1.6,
+               label=f"densest bin: {_tokens(hist.peak)}")
+    ax.legend(loc="lower right", fontsize=8.5, framealpha=0.85)
+
+
 def _note_outside(ax, outside: int) -> None:
     if outside:
-        ax.text(0.01, 0.01, f"{outside:,} outlying tokens beyond the frame", transform=ax.transAxes,
+        ax.text(0.01, 0.01, f"{_tokens(outside)} beyond the frame (outliers)", transform=ax.transAxes,
                 fontsize=8, color="0.3", va="bottom")
 
 

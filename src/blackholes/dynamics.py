@@ -833,8 +833,8 @@ def _render_report(r: DynamicsResult) -> str:
     body.append(f"  {which}: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {np.nanmax(gn):.6e}")
     fz = r.freeze
     if r.recorded_steps[-1] != n - 1:  # --every K: changes are measured between consecutive records
-        body.append(f"  (recorded every few steps: frozen and update sizes below compare consecutive records, "
-                    f"not single training steps)")
+        body.append("  (recorded every few steps: frozen and update sizes below compare consecutive records, "
+                    "not single training steps)")
     if fz["frozen_count"]:
         body.append(f"  Frozen (no bit of the hole changed) at {fz['frozen_count']} of {n - 1} steps, first at step "
                     f"{fz['first_frozen']}; at {fz['frozen_with_gradient_count']} of them the gradient was not zero "

@@ -769,6 +769,8 @@ def _render_report(r: DynamicsResult) -> str:
               f"    ids: {_fmt_ids(r.untrained_tokens)}"]
     if vocab <= 256:
         lines.append(f"    bytes: {_fmt_bytes(r.untrained_tokens)}")
+    lines.append("  Identity is decided on the raw bits; distances are exact (direct differences in float64, "
+                 "mean over distinct pairs).")
     for note in r.notes:
         lines.append(f"  note: {note}")
 

@@ -401,3 +401,11 @@ def test_recording_from_blackholes_train(tmp_path, sigma):
         assert r.rigid_body and r.first_divergence == {"logits": None, "grads": None, "positions": None}
     else:
         assert not r.rigid_body and r.first_divergence["positions"] == 0
+
+
+def test_interrupted_recording_is_noted(tmp_path):
+    E, G, L, _ = simulate(steps=5)
+    meta = {"never_seen": UNTRAINED, "complete": False, "interrupted_at_step": 5}
+    r = analyze(save(tmp_path / "cut.safetensors", E, G, L, metadata=meta))
+    assert any("interrupted at step 5" in n for n in r.notes)
+    assert "interrupted at step 5" in r.report()

@@ -409,3 +409,30 @@ def test_interrupted_recording_is_noted(tmp_path):
     r = analyze(save(tmp_path / "cut.safetensors", E, G, L, metadata=meta))
     assert any("interrupted at step 5" in n for n in r.notes)
     assert "interrupted at step 5" in r.report()
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_per_step_series_match_brute_force(tmp_path, bf16):
+    rng = np.random.default_rng(7)
+    n, vocab, dim = 40, 12, 5
+    E = rng.standard_normal((n, vocab, dim)).astype(np.float32)
+    G = rng.standard_normal((n, vocab, dim)).astype(np.float32)
+    L = rng.standard_normal((n, vocab)).astype(np.float32)
+    U = [1, 4, 9]
+    for arr in (E, G, L):
+        arr[:, U] = arr[:, U[:1]]  # identical rows...
+        broken = rng.choice(n, 8, replace=False)
+        arr[broken, U[2]] = -arr[broken, U[2]]  # ...except at some steps
+        arr[broken[:2], U[1]] = 0.0
+        arr[broken[:2], U[0]] = -0.0  # and a pure sign-of-zero difference
+    if bf16:
+        E, G, L = (_round_bf16(a) for a in (E, G, L))
+    r = analyze(save(tmp_path / "rand.safetensors", E, G, L, bf16=bf16), tokens=U)
+    for q, arr in (("positions", E), ("grads", G), ("logits", L)):
+        rows = arr[:, U].reshape(n, len(U), -1)
+        bits = rows.view(np.uint32)
+        same = (bits == bits[:, :1]).all(axis=(1, 2))
+        spread = np.abs(rows.astype(np.float64) - rows[:, :1].astype(np.float64)).max(axis=(1, 2))
+        start = 1 if q == "grads" else 0
+        assert np.array_equal(r.series[f"{q}_identical"][start:] == 1, same[start:])
+        assert np.array_equal(r.series[f"{q}_spread"][start:], spread[start:])

@@ -28,7 +28,7 @@ import numpy as np
 
 from .errors import BlackholesError
 
-_CHUNK_BYTES = 8 << 20  # float32 bytes per chunk: fits in L3, so the second product of a pass reads cache
+_CHUNK_BYTES = 64 << 20  # float32 bytes per chunk: few large BLAS calls hold up best on busy cores
 
 
 # ----------------------------------------------------------------------------- PCA

@@ -558,7 +558,8 @@ class _Document:
                 rel = html.escape(b[1].relative_to(self.base).as_posix())
                 body.append(
                     f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
-                    f'<figcaption>{_inline(b[2])} <span class="file">({rel})</span></figcaption></figure>'
+                    f'<figcaption>{_inline(b[2])} <a class="file" href="{rel}">full size: {rel}</a>'
+                    f'</figcaption></figure>'
                 )
             elif kind == "code":
                 body.append(f"<pre><code>{html.escape(b[1])}</code></pre>")

@@ -1,0 +1,171 @@
+"""Benchmark `blackholes train` against the same recipe written the way a user would.
+
+Side by side, in one run, on the same machine:
+
+  blackholes (API)   blackholes.train.train(): the default recipe (2-layer byte GPT, bf16,
+                     batch 1, AdamW, clipping), every step recorded with optimizer state,
+                     streamed to a safetensors file. Timed as the whole train() call
+                     (compilation included), and its steady state (step 100 to the end).
+  blackholes eager   the same with --no-compile (no compilation wait), fewer steps.
+  HF GPT2 loop       transformers.GPT2LMHeadModel (n_embd 64, n_layer 2, n_head 2,
+                     n_positions 128, vocab 128, tied) in bf16, in a plain loop with the same
+                     AdamW, clipping and schedule, copying the embedding and its gradient
+                     each step. Only when `transformers` is installed (the `bench` extra).
+                     Timed over fewer steps; the 10,000-step total is an extrapolation.
+
+Usage:
+    python benchmarks/bench_train.py [--steps 10000] [--baseline-steps 1000] [--repeat 2]
+                                     [--corpus PATH] [--dir /tmp/blackholes-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+GATSBY = ROOT.parent / "shared" / "data" / "gatsby_clean.txt"
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def bench_blackholes(corpus: str, steps: int, out: Path, compile: bool, threads: int) -> dict:
+    from blackholes.train import TrainConfig, train
+
+    marks: dict[int, float] = {}
+    warm = min(100, steps // 2)
+
+    def on_step(step: int) -> None:
+        if step == warm:
+            marks[step] = time.perf_counter()
+
+    config = TrainConfig(corpus=corpus, sigma=0.0, steps=steps, dtype="bf16", compile=compile, threads=threads)
+    t0 = time.perf_counter()
+    result = train(config, out, progress=False, on_step=on_step)
+    total = time.perf_counter() - t0
+    steady = (t0 + total - marks[warm]) / (steps - warm)  # includes the final flush + fsync
+    size = out.stat().st_size
+    out.unlink()
+    return {"total_s": total, "ms_per_step": steady * 1e3, "startup_s": total - steady * steps,
+            "steps": steps, "loss": result.final_loss, "bytes": size}
+
+
+def bench_hf(corpus: str, steps: int, threads: int) -> dict | None:
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return None
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=128, n_positions=128, n_embd=64, n_layer=2, n_head=2, n_inner=256,
+                     activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                     tie_word_embeddings=True)
+    model = GPT2LMHeadModel(cfg).to(torch.bfloat16)
+    with torch.no_grad():  # every row at one point, as the experiment does
+        model.transformer.wte.weight.copy_(model.transformer.wte.weight[0].clone())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+    data = torch.from_numpy(np.frombuffer(Path(corpus).read_bytes(), np.uint8).astype(np.int64))
+    rng = np.random.default_rng(0)
+    embeddings, grads, logits_rec = [], [], []
+    W = model.transformer.wte.weight
+    t0 = time.perf_counter()
+    mark = None
+    for step in range(steps):
+        if step == min(100, steps // 2):
+            mark = time.perf_counter()
+        s = int(rng.integers(0, len(data) - 129))
+        x = data[s : s + 129][None]
+        out = model(input_ids=x[:, :-1], labels=x[:, :-1])  # HF shifts the labels itself
+        out.loss.backward()
+        grads.append(W.grad.detach().clone())
+        logits_rec.append(out.logits[0, -1].detach().clone())
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        for g in opt.param_groups:
+            g["lr"] = 1e-3 * (1 - step / steps)
+        opt.step()
+        opt.zero_grad()
+        embeddings.append(W.detach().clone())
+    total = time.perf_counter() - t0
+    warm = min(100, steps // 2)
+    steady = (t0 + total - mark) / (steps - warm)
+    return {"total_s": total, "ms_per_step": steady * 1e3, "steps": steps, "loss": float(out.loss)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=10_000)
+    ap.add_argument("--eager-steps", type=int, default=1_000)
+    ap.add_argument("--baseline-steps", type=int, default=1_000)
+    ap.add_argument("--repeat", type=int, default=2, help="best of N for each contender")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--corpus", default=str(GATSBY) if GATSBY.exists() else None,
+                    help="training text (default: ../shared/data/gatsby_clean.txt, else the packaged corpus)")
+    ap.add_argument("--dir", default=tempfile.gettempdir(), help="where the recordings are written (then removed)")
+    args = ap.parse_args()
+    if args.corpus is None:
+        from blackholes.train import default_corpus_path
+
+        args.corpus = str(default_corpus_path())
+
+    import torch
+
+    print(f"machine: {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads "
+          f"(--threads {args.threads}); load average before: {loadavg()}")
+    print(f"corpus: {args.corpus}")
+    out = Path(args.dir) / f"bench_train_{os.getpid()}.safetensors"
+    rows = []
+
+    def best(fn, *a):
+        runs = [fn(*a) for _ in range(args.repeat)]
+        return min(runs, key=lambda r: r["total_s"])
+
+    r = best(bench_blackholes, args.corpus, args.steps, out, True, args.threads)
+    rows.append(("blackholes train (compiled)", r, False))
+    r = best(bench_blackholes, args.corpus, args.eager_steps, out, False, args.threads)
+    rows.append(("blackholes train --no-compile", r, True))
+    hf = best(bench_hf, args.corpus, args.baseline_steps, args.threads) if _has_transformers() else None
+    if hf is not None:
+        rows.append(("HF GPT2LMHeadModel loop", hf, True))
+    else:
+        print("transformers not installed: HF baseline skipped (pip install -c constraints.txt transformers)")
+
+    print(f"\n{args.steps:,}-step run of the default recipe (bf16, recording every step + optimizer state); "
+          f"best of {args.repeat}")
+    print(f"{'contender':32} {'steps timed':>11} {'ms/step':>8} {'total s (timed)':>16} {'10k-step total s':>17}")
+    for name, r, extrapolated in rows:
+        ten_k = r["ms_per_step"] * args.steps / 1e3 + r.get("startup_s", 0.0)
+        label = f"{ten_k:.1f}" + (" (extrap.)" if extrapolated and r["steps"] != args.steps else "")
+        print(f"{name:32} {r['steps']:>11,} {r['ms_per_step']:>8.2f} {r['total_s']:>16.1f} {label:>17}")
+    a = rows[0][1]
+    print(f"\nblackholes compiled: startup (compile + setup) {a['startup_s']:.1f} s; recording "
+          f"{a['bytes'] / 1e6:.0f} MB; final loss {a['loss']:.3f}")
+    print(f"target: {args.steps:,} steps in <= 20 s -> {'met' if a['total_s'] <= 20 else 'MISSED'} "
+          f"({a['total_s']:.1f} s)")
+    print(f"load average after: {loadavg()}")
+    return 0
+
+
+def _has_transformers() -> bool:
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    sys.exit(main())

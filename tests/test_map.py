@@ -183,3 +183,11 @@ def test_cli_map_mask_and_auto_mask_exclusive(planted_file, tmp_path):
     path, _ = planted_file
     with pytest.raises(SystemExit):
         main(["map", str(path), "--mask", "m.safetensors", "--auto-mask", "--out", str(tmp_path / "m.png")])
+
+
+def test_non_finite_rows_are_a_clear_error():
+    x = _matrix(200, 8)
+    x[5, 3] = np.nan
+    x[9, 0] = np.inf
+    with pytest.raises(BlackholesError, match="2 rows hold NaN or infinite values"):
+        density_map(x)

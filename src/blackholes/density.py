@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -171,6 +170,11 @@ def pca_sets(
                     colsum[s] += block.sum(axis=0, dtype=np.float64)
             acc += x.T @ y
         if first:
+            bad = int(np.count_nonzero(~np.isfinite(sq_norms)))
+            if bad:
+                rows_hold = f"{bad:,} rows hold" if bad > 1 else "1 row holds"
+                raise BlackholesError(f"{rows_hold} NaN or infinite values (or overflow float32); "
+                                      "a principal-component projection is undefined")
             means = sums / n[:, None]
             # First pass used raw X^T W X Omega; remove the mean term: - n mean mean^T Omega.
             g = [acc[:, s * width:(s + 1) * width] - np.outer(sums[s], means[s] @ omega[s]) for s in range(S)]
@@ -492,8 +496,3 @@ def _resolve(source, *, key, matrix, dtype):
         source, key=key, matrix=matrix
     )
     return loaded.array, loaded.dtype, str(loaded.source), loaded.key, loaded
-
-
-def default_path(source) -> Path:
-    """``<stem>.map.png`` beside nothing in particular: the current directory."""
-    return Path(f"{Path(str(source)).name.split('.')[0] or 'matrix'}.map.png")

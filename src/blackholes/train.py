@@ -375,6 +375,8 @@ def train(
             finally:
                 writer.close()
                 if pbar is not None:
+                    if last_loss is not None:
+                        pbar.set_postfix_str(f"loss {float(last_loss):.4f}", refresh=False)
                     pbar.close()
         seconds = time.perf_counter() - t0
         if done:

@@ -192,6 +192,8 @@ def test_force_overwrites_and_sigma_keeps_rows_apart(tmp_path, capsys):
     assert all(c.passed for c in r.checks)
     assert r.dynamics is not None and r.dynamics.identical_all_steps["positions"] is False
     assert "--sigma 0.01" in (out / "report.md").read_text()
+    assert r.density.masked is None  # nothing to mask: one density panel
+    assert "with_mask" not in json.loads((out / "reproduce.json").read_text())["map"]
 
 
 @pytest.mark.parametrize(

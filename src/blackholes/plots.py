@@ -89,7 +89,8 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
     # (1) without the mask
     ax = axes[0]
     _density_panel(
-        fig, ax, dmap.hist_full, f"Without mask: all {V:,} tokens\ndensest bin holds {_tokens(dmap.peak_bin_count())}"
+        fig, ax, dmap.hist_full, f"{'Without mask: all' if has_mask else 'All'} {V:,} tokens\n"
+        f"densest bin holds {_tokens(dmap.peak_bin_count())}"
     )
     ax.set_xlabel(_pc_label(dmap.full, 0))
     ax.set_ylabel(_pc_label(dmap.full, 1))

@@ -229,7 +229,7 @@ def reproduce(
     say(f"      initial: {_groups_line(initial)}; final: {_groups_line(final)}")
 
     # 3. dynamics
-    say("[3/5] following the hole through every recorded step ...")
+    say("[3/5] following the never-seen bytes through every recorded step ...")
     t = time.perf_counter()
     from .dynamics import analyze
     from .plots import plot_density_map, plot_dynamics
@@ -254,8 +254,9 @@ def reproduce(
     t = time.perf_counter()
     from .density import density_map
 
-    dmap = density_map(np.asarray(emb[-1]), dtype=emb_dtype, mask=final.mask, black_hole_id=final.black_hole_id,
-                       progress=False)
+    has_holes = final.black_hole_tokens > 0  # no mask, no second panel: it would repeat the first
+    dmap = density_map(np.asarray(emb[-1]), dtype=emb_dtype, mask=final.mask if has_holes else None,
+                       black_hole_id=final.black_hole_id if has_holes else None, progress=False)
     dmap.source, dmap.key = f"final embeddings (step {trained.steps_done:,})", "embeddings[-1]"
     plot_density_map(dmap, files["map"], title=f"Final embedding matrix after {trained.steps_done:,} steps")
     seconds["map"] = time.perf_counter() - t
@@ -467,7 +468,8 @@ def _answer(r: ReproduceResult) -> list[str]:
             )
         else:
             fd = d.first_divergence
-            broken = ", ".join(f"{q} differ from step {s:,}" for q, s in fd.items() if s is not None)
+            names = {"logits": "logits", "grads": "gradients", "positions": "positions"}
+            broken = ", ".join(f"{names.get(q, q)} differ from step {s:,}" for q, s in fd.items() if s is not None)
             lines.append(f"**They do not move as one body**: for {who}, {broken or d.verdict}.")
     if d is not None and r.hole_tokens:
         frz = d.freeze
@@ -699,6 +701,9 @@ def _document(r: ReproduceResult, plots: dict[str, Path]) -> _Document:
         "map": "Final embedding matrix on its two leading principal directions: token density without the "
                "black-hole mask (the hole is one dense bin) and with it; right: row norms, black-hole tokens in red.",
     }
+    if r.density.masked is None:
+        captions["map"] = ("Final embedding matrix on its two leading principal directions (no black holes, so "
+                           "nothing to mask; the densest bin is circled); right: row norms.")
     for key, path in plots.items():
         doc.image(path, captions.get(key, key))
 

@@ -191,3 +191,13 @@ def test_non_finite_rows_are_a_clear_error():
     x[9, 0] = np.inf
     with pytest.raises(BlackholesError, match="2 rows hold NaN or infinite values"):
         density_map(x)
+
+
+def test_empty_mask_draws_one_map(tmp_path):
+    x = _matrix(300, 8)
+    m = density_map(x, mask=np.zeros(300, bool))
+    assert m.masked is None and m.black_hole_tokens == 0
+    from blackholes.plots import plot_density_map
+
+    plot_density_map(m, tmp_path / "m.png")
+    assert (tmp_path / "m.png").stat().st_size > 10_000

@@ -154,6 +154,8 @@ def _run_map(args) -> int:
                 f"Densest bin with mask:    {result.peak_bin_count(masked=True):,} tokens "
                 f"({result.black_hole_tokens:,} black-hole tokens masked, from {result.mask_source})"
             )
+        elif result.mask is not None:
+            print(f"No black holes (mask from {result.mask_source} is empty): nothing to mask, one map drawn")
         else:
             print("No mask given: pass --auto-mask (or --mask PATH) to compare with the black holes removed")
         print(f"Map written to {args.out}")

@@ -435,7 +435,8 @@ def density_map(
     if bins is None:
         bins = default_bins(V)
     t = time.perf_counter()
-    sets = [None] if mask is None else [None, ~mask]
+    # an empty mask would only repeat the first map
+    sets = [None] if mask is None or not mask.any() else [None, ~mask]
     projections, norms = pca_sets(array, dtype, rows=sets, k=2, n_iter=n_iter, seed=seed, progress=progress)
     seconds["pca"] = time.perf_counter() - t
 
@@ -453,7 +454,7 @@ def density_map(
         mask_source=mask_source,
         seconds=seconds,
     )
-    if mask is not None:
+    if len(projections) > 1:
         kept = projections[1]
         out.masked = kept
         out.hist_masked = histogram2d(kept.coords[~mask], bins=bins)

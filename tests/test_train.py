@@ -328,9 +328,25 @@ def test_missing_output_directory_is_an_error(corpus, tmp_path):
 
 def test_compiled_default_path_keeps_the_hole(corpus, tmp_path):
     result = train(small(corpus, compile=True, steps=6), tmp_path / "r.safetensors", progress=False)
+    assert result.compiled and read_recording_metadata(result.path)["compiled"] is True
     data = load_file(result.path)
     for key in KEYS:
         assert all_rows_identical(data[key], result.never_seen), key
+
+
+def test_without_a_working_compiler_training_falls_back_to_eager(corpus, tmp_path, monkeypatch):
+    def broken_compile(fn, **kw):
+        def call(*a):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with pytest.warns(RuntimeWarning, match="torch.compile is not available here .*InvalidCxxCompiler"):
+        result = train(small(corpus, compile=True, steps=3), tmp_path / "r.safetensors", progress=False)
+    assert not result.compiled and result.compile_seconds < 5
+    assert read_recording_metadata(result.path)["compiled"] is False
+    eager = train(small(corpus, steps=3), tmp_path / "e.safetensors", progress=False)
+    assert result.path.read_bytes() == eager.path.read_bytes()  # exactly the eager run
 
 
 @pytest.mark.skipif(not GATSBY.exists(), reason=f"shared corpus not found at {GATSBY}")

@@ -334,7 +334,16 @@ def _run_train(args) -> int:
         eps=args.eps, weight_decay=args.weight_decay, clip=args.clip, batch=args.batch, every=args.every,
         optimizer_state=args.optimizer_state, compile=args.compile, threads=args.threads,
     )
-    result = train(config, args.out, progress=not args.quiet)
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        result = train(config, args.out, progress=not args.quiet)
+    for w in caught:  # torch.compile unavailable: say so in one line, not a warning dump
+        if "torch.compile is not available" in str(w.message):
+            print(f"blackholes: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if result.interrupted:
         print(f"blackholes: interrupted after {result.steps_done} steps; "
               f"partial recording (complete: false) written to {result.path}", file=sys.stderr)

@@ -136,6 +136,8 @@ class TrainResult:
     never_seen: list[int] = field(default_factory=list)  # byte ids the corpus never contains
     interrupted: bool = False
     recorded_steps: list[int] = field(default_factory=list)
+    compile_seconds: float = 0.0  # part of ``seconds`` spent compiling (0 when eager)
+    compiled: bool = False  # whether torch.compile ran the steps (False: eager, by choice or fallback)
 
     def to_json(self) -> dict:
         return {
@@ -146,6 +148,8 @@ class TrainResult:
             "never_seen": self.never_seen,
             "interrupted": self.interrupted,
             "recorded_steps": len(self.recorded_steps),
+            "compile_seconds": self.compile_seconds,
+            "compiled": self.compiled,
         }
 
     def summary(self) -> str:
@@ -292,9 +296,11 @@ def train(
             weight_decay=config.weight_decay,
             fused=True,  # one kernel for all parameters; state in the parameters' dtype
         )
-        step_fn = _make_step(model, F)
-        if config.compile:
-            step_fn = torch.compile(step_fn, fullgraph=True, dynamic=False)
+        t0 = time.perf_counter()
+        step_fn = _compile_step(model, F, config, progress) if config.compile else None
+        compile_seconds = time.perf_counter() - t0
+        compiled = step_fn is not None
+        step_fn = step_fn or _make_step(model, F)
 
         V, D = config.vocab, config.width
         st = _SAFETENSORS_NAME[config.dtype]
@@ -309,12 +315,11 @@ def train(
         # Records wait in a small ring buffer and go to disk RING at a time.
         ring = {s.name: torch.zeros((_RING, *s.shape), dtype=dtype) for s in specs}
         recorder = _Recorder(ring, steps)
-        extra = {"threads": torch.get_num_threads(), "compiled": config.compile}
+        extra = {"threads": torch.get_num_threads(), "compiled": compiled}
         tokens_t = torch.from_numpy(tokens)
         offsets = torch.arange(config.context + 1)
         pbar = _progress_bar(config.steps, progress)
         done, last_loss, loss_value, interrupted = 0, None, float("nan"), False
-        t0 = time.perf_counter()
         with atomic_path(out) as tmp:
             # The header is final before the first step: a finished file says complete.
             counts = draw_counts(tokens, starts, config)
@@ -391,7 +396,38 @@ def train(
         never_seen=never_seen,
         interrupted=interrupted,
         recorded_steps=steps[: recorder.records],
+        compile_seconds=compile_seconds,
+        compiled=compiled,
     )
+
+
+def _compile_step(model, F, config: TrainConfig, progress: bool):
+    """``torch.compile`` the step, or return None (and warn) where it cannot run here.
+
+    The compiler is tried on a throw-away copy of the model first, so a machine
+    without a working C++ toolchain falls back to eager training before the
+    recording's header (which says ``compiled``) is written. The real model's
+    compilation then reuses the cached kernels.
+    """
+    import copy
+    import sys
+    import warnings
+
+    import torch
+
+    if progress:
+        print("compiling the model (torch.compile; --no-compile skips this) ...", file=sys.stderr, flush=True)
+    probe = copy.deepcopy(model)
+    example = torch.zeros((config.batch, config.context), dtype=torch.long)
+    try:
+        loss, _ = torch.compile(_make_step(probe, F), fullgraph=True, dynamic=False)(example, example)
+        loss.backward()
+    except Exception as e:  # no compiler, unsupported platform, ...: eager is slower but exact
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        warnings.warn(f"torch.compile is not available here ({reason}); training eagerly", RuntimeWarning,
+                      stacklevel=3)
+        return None
+    return torch.compile(_make_step(model, F), fullgraph=True, dynamic=False)
 
 
 def _make_step(model, F):

@@ -199,8 +199,12 @@ def reproduce(
         files["recording"].unlink()  # --force: train() writes a fresh recording
     trained = train(config, files["recording"], progress=progress)
     seconds["train"] = time.perf_counter() - t
-    if trained.interrupted:
-        raise BlackholesError("training was interrupted; the recording is incomplete, no report written")
+    if trained.interrupted:  # Ctrl-C: train() kept the steps done so far; stop like any interrupted command
+        import sys
+
+        print(f"interrupted after {trained.steps_done:,} steps: partial recording kept at {files['recording']}; "
+              "no report written", file=sys.stderr)
+        raise KeyboardInterrupt
     say(f"      recorded {trained.steps_done:,} steps in {trained.seconds:.1f} s -> {files['recording']}")
 
     # 2. scan the first and last embedding matrices

@@ -479,8 +479,8 @@ def _answer(r: ReproduceResult) -> list[str]:
         frz = d.freeze
         if r.frozen_from is not None:
             lines.append(
-                f"**The hole freezes from step {r.frozen_from:,}**: from then on its update is exactly zero "
-                f"(smaller than one unit in the last place of {d.dtype}), so it never moves again "
+                f"**The hole freezes from step {r.frozen_from:,}**: from then on its update is too small to "
+                f"change any bit of its {d.dtype} coordinates, so it never moves again "
                 f"({frz.get('frozen_count', 0):,} of {n - 1:,} steps frozen in all)."
             )
         elif frz.get("first_frozen") is not None:

@@ -75,11 +75,21 @@ def _chunk_rows(dim: int) -> int:
     return max(1, _CHUNK_BYTES // (4 * max(dim, 1)))
 
 
-def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` as float32 (a view when stored as float32, else widened)."""
+def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int, buffer: np.ndarray | None = None):
+    """Rows ``start:stop`` as float32: a view when stored as float32, else widened.
+
+    bf16 is widened into ``buffer`` in place (the same bits as ``tensors.to_float32``:
+    bf16 is the top half of a float32), because fresh 64 MB temporaries per chunk
+    and pass cost more than the matrix products themselves.
+    """
     chunk = array[start:stop]
     if chunk.dtype == np.float32:
         return np.asarray(chunk)
+    if dtype == "BF16" and buffer is not None:
+        bits = buffer[: stop - start].view(np.uint32)
+        np.copyto(bits, chunk, casting="safe")
+        bits <<= 16
+        return buffer[: stop - start]
     from .tensors import to_float32
 
     return to_float32(chunk, dtype)
@@ -135,6 +145,7 @@ def pca_sets(
     n = np.array([s.sum() for s in sel], dtype=np.float64)
     step = _chunk_rows(D)
     weights = np.stack(sel, axis=1).astype(np.float32)  # [V, S], 1 = row in set
+    buffer = np.empty((min(step, V), D), np.float32) if dtype == "BF16" else None
 
     rng = np.random.default_rng(seed)
     omega = [rng.standard_normal((D, width)) for _ in range(S)]
@@ -154,7 +165,7 @@ def pca_sets(
             colsum = np.zeros((S, width))
         for start in range(0, V, step):
             stop = min(start + step, V)
-            x = _float_chunk(array, dtype, start, stop)
+            x = _float_chunk(array, dtype, start, stop, buffer)
             w = weights[start:stop]
             y = x @ om32  # [rows, S*width]
             if first:
@@ -189,7 +200,7 @@ def pca_sets(
     dots = np.empty((V, S))
     for start in range(0, V, step):
         stop = min(start + step, V)
-        x = _float_chunk(array, dtype, start, stop)
+        x = _float_chunk(array, dtype, start, stop, buffer)
         p = x @ basis
         z[start:stop] = p[:, : S * width]
         dots[start:stop] = p[:, S * width:]

@@ -67,15 +67,18 @@ def test_pca_bf16_equals_pca_of_widened_matrix():
     np.testing.assert_allclose(a.coords, b.coords, rtol=1e-5, atol=1e-5)
 
 
-def test_pca_streams_in_chunks(monkeypatch):
-    """Many small chunks give the same answer as one: the implicit centring is exact per chunk."""
+@pytest.mark.parametrize("bf16", [False, True])
+def test_pca_streams_in_chunks(monkeypatch, bf16):
+    """Many small chunks (the last one short) give the same answer as one: centring is exact per chunk."""
     import blackholes.density as density
 
     x = _matrix(3000, 40)
-    whole = pca(x)
-    monkeypatch.setattr(density, "_CHUNK_BYTES", 40 * 4 * 7)  # 7 rows a chunk
-    chunked = pca(x)
+    x, dtype = (bf16_from_float32(x), "BF16") if bf16 else (x, "F32")
+    whole = pca(x, dtype)
+    monkeypatch.setattr(density, "_CHUNK_BYTES", 40 * 4 * 7)  # 7 rows a chunk: 3000 = 428 * 7 + 4
+    chunked = pca(x, dtype)
     np.testing.assert_allclose(chunked.coords, whole.coords, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(chunked.total_variance, whole.total_variance, rtol=1e-5)
 
 
 def test_pca_sets_shares_passes_and_returns_norms():

@@ -183,6 +183,7 @@ def test_force_overwrites_and_sigma_keeps_rows_apart(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "old.txt").write_text("left from before")
+    (out / "report.html").write_text("a stale report")
     with pytest.raises(BlackholesError, match="pass --force"):
         reproduce(out, corpus=corpus, steps=3, progress=False, log=None, recipe=FAST)
     r = reproduce(out, corpus=corpus, steps=3, sigma=0.01, force=True, progress=False, log=None, recipe=FAST)
@@ -193,6 +194,8 @@ def test_force_overwrites_and_sigma_keeps_rows_apart(tmp_path, capsys):
     assert r.dynamics is not None and r.dynamics.identical_all_steps["positions"] is False
     assert "--sigma 0.01" in (out / "report.md").read_text()
     assert r.density.masked is None  # nothing to mask: one density panel
+    assert (out / "old.txt").read_text() == "left from before"  # not ours: left alone
+    assert "stale" not in (out / "report.html").read_text()
     assert "with_mask" not in json.loads((out / "reproduce.json").read_text())["map"]
 
 

@@ -195,8 +195,7 @@ def reproduce(
     # 1. train and record
     say(f"[1/5] training {steps:,} steps (sigma={sigma:g}, seed={seed}, {dtype}) on {corpus_path.name} ...")
     t = time.perf_counter()
-    if files["recording"].exists():
-        files["recording"].unlink()  # --force: train() writes a fresh recording
+    _remove_previous(out)  # --force: no file of an earlier run may survive to be mistaken for this one's
     trained = train(config, files["recording"], progress=progress)
     seconds["train"] = time.perf_counter() - t
     if trained.interrupted:  # Ctrl-C: train() kept the steps done so far; stop like any interrupted command
@@ -300,6 +299,14 @@ def reproduce(
     write_text(files["report_md"], doc.markdown())
     write_text(files["report_html"], doc.html())
     return result
+
+
+def _remove_previous(out: Path) -> None:
+    """Delete the files an earlier ``reproduce`` wrote into ``out`` (only those names)."""
+    stale = [out / name for name in FILES.values()]
+    stale += [out / "plots" / f"{stem}.png" for stem in ("dynamics_spread", "dynamics_speed", "dynamics_logits")]
+    for path in stale:
+        path.unlink(missing_ok=True)
 
 
 def canonical_command(out, corpus, steps, sigma, seed, dtype, recipe=None) -> str:

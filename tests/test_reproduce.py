@@ -217,3 +217,20 @@ def test_cli_out_is_a_file(tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["reproduce", "--out", str(tmp_path / "f")]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_every_byte_drawn_means_no_hole_and_no_dynamics(tmp_path):
+    """A corpus cycling through all 128 bytes: every window draws every byte, so nothing stays behind."""
+    corpus = tmp_path / "all.txt"
+    corpus.write_bytes(bytes(range(128)) * 20)
+    out = tmp_path / "run"
+    r = reproduce(out, corpus=corpus, steps=2, progress=False, log=None, recipe=FAST)
+    assert r.never_seen == [] and r.never_drawn == [] and r.hole_tokens == []
+    assert r.dynamics is None and not (out / "dynamics.json").exists()
+    assert r.answer[0].startswith("**No black hole** after 2 steps")
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 1  # the map only
+    for ref in re.findall(r'href="([^"]+)"', page):
+        assert (out / ref).is_file()
+    summary = json.loads((out / "reproduce.json").read_text())
+    assert summary["rigid_body"] is None and "dynamics" not in summary["files"]

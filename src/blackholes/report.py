@@ -237,10 +237,11 @@ def reproduce(
     from .dynamics import analyze
     from .plots import plot_density_map, plot_dynamics
 
-    followed = never_seen or never_drawn
+    # a hole needs two tokens: follow the never-seen bytes, or with fewer, every untouched byte
+    followed = never_seen if len(never_seen) >= 2 else sorted(never_seen + never_drawn)
     dyn = None
     dyn_plots: list[Path] = []
-    if len(followed) >= 1:
+    if len(followed) >= 2:
         last = int(trained.steps_done)
         sample = sorted({s for s in (0, 1, 2, 10, 100, 1000, 10000) if s <= last} | {last})
         dyn = analyze(files["recording"], tokens=followed, steps=sample)
@@ -248,7 +249,7 @@ def reproduce(
         dyn_plots = [Path(p) for p in plot_dynamics(dyn, out / "plots")]
     else:
         files.pop("dynamics")
-        say("      every byte was drawn during training: no untrained tokens to follow")
+        say(f"      {len(followed)} untrained token(s): fewer than two, no hole to follow")
     seconds["dynamics"] = time.perf_counter() - t
     frozen_from = _frozen_from(dyn)
 

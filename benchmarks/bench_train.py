@@ -6,6 +6,8 @@ Side by side, in one run, on the same machine:
                      batch 1, AdamW, clipping), every step recorded with optimizer state,
                      streamed to a safetensors file. Timed as the whole train() call
                      (compilation included), and its steady state (step 100 to the end).
+  blackholes CLI     the `blackholes train --quiet` process, start to exit (imports, compilation,
+                     training, fsync), once.
   blackholes eager   the same with --no-compile (no compilation wait), fewer steps.
   HF GPT2 loop       transformers.GPT2LMHeadModel (n_embd 64, n_layer 2, n_head 2,
                      n_positions 128, vocab 128, tied) in bf16, in a plain loop with the same
@@ -58,7 +60,23 @@ def bench_blackholes(corpus: str, steps: int, out: Path, compile: bool, threads:
     size = out.stat().st_size
     out.unlink()
     return {"total_s": total, "ms_per_step": steady * 1e3, "startup_s": total - steady * steps,
-            "steps": steps, "loss": result.final_loss, "bytes": size, "cpu_s": cpu}
+            "compile_s": result.compile_seconds, "steps": steps, "loss": result.final_loss, "bytes": size,
+            "cpu_s": cpu}
+
+
+def bench_cli(corpus: str, steps: int, out: Path, threads: int) -> dict:
+    import resource
+    import subprocess
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "blackholes", "train", "--corpus", corpus, "--sigma", "0", "--steps",
+                    str(steps), "--out", str(out), "--threads", str(threads), "--quiet"], check=True)
+    total = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    out.unlink()
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"total_s": total, "ms_per_step": total / steps * 1e3, "steps": steps, "cpu_s": cpu}
 
 
 def bench_hf(corpus: str, steps: int, threads: int) -> dict | None:
@@ -134,9 +152,10 @@ def main() -> int:
         return min(runs, key=lambda r: r["total_s"])
 
     r = best(bench_blackholes, args.corpus, args.steps, out, True, args.threads)
-    rows.append(("blackholes train (compiled)", r, False))
+    rows.append(("blackholes train (API, compiled)", r, False))
+    rows.append(("blackholes train (CLI process)", bench_cli(args.corpus, args.steps, out, args.threads), False))
     r = best(bench_blackholes, args.corpus, args.eager_steps, out, False, args.threads)
-    rows.append(("blackholes train --no-compile", r, True))
+    rows.append(("blackholes train --no-compile (API)", r, True))
     hf = best(bench_hf, args.corpus, args.baseline_steps, args.threads) if _has_transformers() else None
     if hf is not None:
         rows.append(("HF GPT2LMHeadModel loop", hf, True))
@@ -148,15 +167,16 @@ def main() -> int:
     print(f"{'contender':32} {'steps timed':>11} {'ms/step':>8} {'total s (timed)':>16} {'CPU s (timed)':>14} "
           f"{'10k-step total s':>17}")
     for name, r, extrapolated in rows:
-        ten_k = r["ms_per_step"] * args.steps / 1e3 + r.get("startup_s", 0.0)
+        ten_k = r["total_s"] if r["steps"] == args.steps else r["ms_per_step"] * args.steps / 1e3
         label = f"{ten_k:.1f}" + (" (extrap.)" if extrapolated and r["steps"] != args.steps else "")
         print(f"{name:32} {r['steps']:>11,} {r['ms_per_step']:>8.2f} {r['total_s']:>16.1f} {r['cpu_s']:>14.1f} "
               f"{label:>17}")
     a = rows[0][1]
-    print(f"\nblackholes compiled: startup (compile + setup) {a['startup_s']:.1f} s; recording "
+    print(f"\nblackholes API: torch.compile {a['compile_s']:.1f} s (inside the total); recording "
           f"{a['bytes'] / 1e6:.0f} MB; final loss {a['loss']:.3f}")
-    print(f"target: {args.steps:,} steps in <= 20 s -> {'met' if a['total_s'] <= 20 else 'MISSED'} "
-          f"({a['total_s']:.1f} s)")
+    for name, r, _ in rows[:2]:
+        print(f"target: {args.steps:,} steps in <= 20 s, {name}: {'met' if r['total_s'] <= 20 else 'MISSED'} "
+              f"({r['total_s']:.1f} s)")
     print(f"load average after: {loadavg()}  (2 shared cores: wall time > CPU time means others were running)")
     return 0
 

@@ -292,6 +292,17 @@ def run_cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "blackholes", "train", *args], capture_output=True, text=True)
 
 
+def test_command_line_run_prints_a_summary_and_no_warnings(corpus, tmp_path):
+    out = tmp_path / "r.safetensors"
+    p = run_cli("--corpus", str(corpus), "--out", str(out), "--steps", "70", "--vocab", "32", "--context", "16",
+                "--width", "16", "--layers", "1", "--no-compile", "--every", "7")
+    assert p.returncode == 0, p.stderr
+    assert "Trained 70 steps" in p.stdout and "11 records written" in p.stdout
+    assert "Warning" not in p.stderr and "Traceback" not in p.stderr
+    assert "loss" in p.stderr  # the progress bar
+    assert load_file(out)["embeddings"].shape == (11, 32, 16)
+
+
 def test_byte_outside_the_vocabulary_is_a_one_line_error(tmp_path):
     path = tmp_path / "utf8.txt"
     path.write_bytes(("caf\u00e9 " * 100).encode("utf-8"))

@@ -361,7 +361,7 @@ def train(
                     if pbar is not None:
                         pbar.update(1)
                         if recorder.just_flushed:
-                            pbar.set_postfix_str(f"loss {float(loss):.4f}", refresh=False)
+                            pbar.set_postfix_str(f"loss {float(last_loss):.4f}", refresh=False)
                     if on_step is not None:
                         on_step(step)
                 recorder.flush()

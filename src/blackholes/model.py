@@ -56,11 +56,10 @@ class SelfAttention(nn.Module):
         self.heads = config.heads
         self.qkv = nn.Linear(config.width, 3 * config.width, bias=config.bias)
         self.proj = nn.Linear(config.width, config.width, bias=config.bias)
-
-    @staticmethod
-    def causal_mask(T: int, device) -> torch.Tensor:
-        """True above the diagonal: the future positions a token may not see."""
-        return torch.ones(T, T, dtype=torch.bool, device=device).triu(1)
+        # True above the diagonal: the future positions a token may not see. A
+        # constant buffer (not rebuilt each call) lets the compiled softmax vectorise.
+        future = torch.ones(config.context, config.context, dtype=torch.bool).triu(1)
+        self.register_buffer("future", future, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -71,7 +70,7 @@ class SelfAttention(nn.Module):
         # plain matmul + softmax path is several times faster on CPU (its flash
         # kernel's backward dominates a step).
         att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.shape[-1]))
-        att = att.masked_fill(self.causal_mask(T, x.device), float("-inf"))
+        att = att.masked_fill(self.future[:T, :T], float("-inf"))
         y = F.softmax(att, dim=-1) @ v
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
 

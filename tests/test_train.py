@@ -338,8 +338,14 @@ def test_missing_output_directory_is_an_error(corpus, tmp_path):
 
 
 def test_compiled_default_path_keeps_the_hole(corpus, tmp_path):
+    from torch._dynamo.utils import counters
+
     result = train(small(corpus, compile=True, steps=6), tmp_path / "r.safetensors", progress=False)
     assert result.compiled and read_recording_metadata(result.path)["compiled"] is True
+    graphs = counters["stats"]["unique_graphs"]
+    again = train(small(corpus, compile=True, steps=6), tmp_path / "again.safetensors", progress=False)
+    assert counters["stats"]["unique_graphs"] == graphs  # a second run reuses the compiled graph
+    assert again.path.read_bytes() == result.path.read_bytes()
     data = load_file(result.path)
     for key in KEYS:
         assert all_rows_identical(data[key], result.never_seen), key
@@ -352,6 +358,7 @@ def test_without_a_working_compiler_training_falls_back_to_eager(corpus, tmp_pat
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr("blackholes.train._COMPILED_STEP", None)
     with pytest.warns(RuntimeWarning, match="torch.compile is not available here .*InvalidCxxCompiler"):
         result = train(small(corpus, compile=True, steps=3), tmp_path / "r.safetensors", progress=False)
     assert not result.compiled and result.compile_seconds < 5

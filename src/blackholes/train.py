@@ -262,7 +262,6 @@ def train(
     data, corpus_path = load_corpus(config)
 
     import torch
-    import torch.nn.functional as F
 
     from .fileio import atomic_path
     from .model import GPT, GPTConfig
@@ -297,10 +296,10 @@ def train(
             fused=True,  # one kernel for all parameters; state in the parameters' dtype
         )
         t0 = time.perf_counter()
-        step_fn = _compile_step(model, F, config, progress) if config.compile else None
+        step_fn = _compile_step(model, config, progress) if config.compile else None
         compile_seconds = time.perf_counter() - t0
         compiled = step_fn is not None
-        step_fn = step_fn or _make_step(model, F)
+        step_fn = step_fn or _step
 
         V, D = config.vocab, config.width
         st = _SAFETENSORS_NAME[config.dtype]
@@ -335,7 +334,7 @@ def train(
                 adam = None
                 for step in range(1, config.steps + 1):
                     windows = tokens_t[torch.from_numpy(starts[step - 1])[:, None] + offsets]
-                    loss, last_logits = step_fn(windows[:, :-1], windows[:, 1:])
+                    loss, last_logits = step_fn(model, windows[:, :-1], windows[:, 1:])
                     loss.backward()
                     record = is_recorded[step]
                     if record:
@@ -401,13 +400,15 @@ def train(
     )
 
 
-def _compile_step(model, F, config: TrainConfig, progress: bool):
-    """``torch.compile`` the step, or return None (and warn) where it cannot run here.
+def _compile_step(model, config: TrainConfig, progress: bool):
+    """The compiled :func:`_step`, or None (with a warning) where torch.compile cannot run here.
 
     The compiler is tried on a throw-away copy of the model first, so a machine
     without a working C++ toolchain falls back to eager training before the
-    recording's header (which says ``compiled``) is written. The real model's
-    compilation then reuses the cached kernels.
+    recording's header (which says ``compiled``) is written. The model is an
+    argument of the compiled function, not a constant in it, so the real model
+    (and every later run of the same shape in this process) reuses that one
+    compiled graph instead of piling up recompilations.
     """
     import copy
     import sys
@@ -415,31 +416,34 @@ def _compile_step(model, F, config: TrainConfig, progress: bool):
 
     import torch
 
+    global _COMPILED_STEP
     if progress:
         print("compiling the model (torch.compile; --no-compile skips this) ...", file=sys.stderr, flush=True)
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(_step, fullgraph=True, dynamic=False)
     probe = copy.deepcopy(model)
     example = torch.zeros((config.batch, config.context), dtype=torch.long)
     try:
-        loss, _ = torch.compile(_make_step(probe, F), fullgraph=True, dynamic=False)(example, example)
+        loss, _ = _COMPILED_STEP(probe, example, example)
         loss.backward()
     except Exception as e:  # no compiler, unsupported platform, ...: eager is slower but exact
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         warnings.warn(f"torch.compile is not available here ({reason}); training eagerly", RuntimeWarning,
                       stacklevel=3)
         return None
-    return torch.compile(_make_step(model, F), fullgraph=True, dynamic=False)
+    return _COMPILED_STEP
 
 
-def _make_step(model, F):
+_COMPILED_STEP = None  # torch.compile(_step), made on first use
+
+
+def _step(model, inputs, targets):
     """The forward pass: mean next-token loss and the last position's logits."""
-    vocab = model.config.vocab
+    import torch.nn.functional as F
 
-    def step(inputs, targets):
-        logits = model(inputs)
-        loss = F.cross_entropy(logits.reshape(-1, vocab), targets.reshape(-1))
-        return loss, logits[0, -1]
-
-    return step
+    logits = model(inputs)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return loss, logits[0, -1]
 
 
 class _Recorder:

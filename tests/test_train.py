@@ -329,6 +329,18 @@ def test_bad_arguments_are_one_line_errors(tmp_path, args, message):
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr
 
 
+def test_path_objects_and_numpy_integers_are_welcome(corpus, tmp_path):
+    config = small(corpus, steps=np.int64(2))
+    config.corpus = Path(corpus)
+    result = train(config, tmp_path / "r.safetensors", progress=False)
+    assert read_recording_metadata(result.path)["config"]["corpus"] == str(corpus)
+
+
+def test_output_that_is_a_directory_fails_before_training(corpus, tmp_path):
+    with pytest.raises(BlackholesError, match="--out must be a file path"):
+        train(small(corpus, steps=1), tmp_path, progress=False)
+
+
 def test_missing_output_directory_is_an_error(corpus, tmp_path):
     with pytest.raises(BlackholesError, match="output directory does not exist"):
         train(small(corpus, steps=1), tmp_path / "nope" / "r.safetensors", progress=False)

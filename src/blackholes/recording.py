@@ -5,7 +5,7 @@ initialisation): ``embeddings`` / ``grads`` / ``momentum`` / ``variance``
 ``[R, V, D]``, ``logits`` ``[R, V]``, ``losses`` ``[R]``. Because the number of
 records R is known before training starts, the whole safetensors header (every
 tensor's byte offsets) is computed up front; the file is preallocated and each
-block of steps is written straight to its offsets with ``os.pwrite``. Memory
+block of steps is written straight to its offsets. Memory
 therefore stays flat however long the run is.
 
 safetensors files may have no holes, so a run that stops early is *compacted*:
@@ -121,27 +121,27 @@ class RecordingWriter:
             self._offset[spec.name] = offset
             offset += records * spec.record_bytes
         self.size = offset
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        self._file = open(self.path, "r+b" if self.path.exists() else "w+b")  # noqa: SIM115 (closed by close())
         try:
-            os.ftruncate(self._fd, self.size)  # sparse until written
-            os.pwrite(self._fd, header, 0)
+            self._file.truncate(self.size)  # sparse until written
+            self._write_at(0, header)
         except BaseException:
             self.close()
             raise
 
+    def _write_at(self, offset: int, data) -> None:
+        self._file.seek(offset)
+        self._file.write(data)
+
     def write(self, name: str, start: int, block: np.ndarray) -> None:
-        """Write records ``start .. start+len(block)-1`` of tensor ``name`` (one pwrite)."""
+        """Write records ``start .. start+len(block)-1`` of tensor ``name`` (one write)."""
         spec = self._spec[name]
         block = np.ascontiguousarray(block)
         if block.shape[1:] != spec.shape or block.dtype.itemsize != STORAGE_DTYPES[spec.dtype].itemsize:
             raise ValueError(f"{name}: block {block.shape} {block.dtype} does not match {spec}")
         if start < 0 or start + len(block) > self.records:
             raise ValueError(f"{name}: records {start}..{start + len(block)} outside 0..{self.records}")
-        data = memoryview(block).cast("B")
-        offset = self._offset[name] + start * spec.record_bytes
-        while data:  # pwrite may write less than asked
-            n = os.pwrite(self._fd, data, offset)
-            data, offset = data[n:], offset + n
+        self._write_at(self._offset[name] + start * spec.record_bytes, memoryview(block).cast("B"))
 
     def truncate(self, records: int, metadata: dict[str, str]) -> None:
         """Shrink the file in place to its first ``records`` records, with new metadata.
@@ -156,15 +156,17 @@ class RecordingWriter:
         for spec in self.specs:
             src, nbytes = self._offset[spec.name], records * spec.record_bytes
             for pos in range(0, nbytes, _COPY_CHUNK):
-                chunk = os.pread(self._fd, min(_COPY_CHUNK, nbytes - pos), src + pos)
-                os.pwrite(self._fd, chunk, dst + pos)
+                self._file.seek(src + pos)
+                chunk = self._file.read(min(_COPY_CHUNK, nbytes - pos))
+                self._write_at(dst + pos, chunk)
             self._offset[spec.name] = dst
             dst += nbytes
-        os.ftruncate(self._fd, dst)
-        os.pwrite(self._fd, header, 0)
+        self._file.truncate(dst)
+        self._write_at(0, header)
         self.records, self.size = records, dst
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        """Flush and close the file (the caller fsyncs and renames it)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None

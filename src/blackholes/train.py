@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import numbers
 import os
 import time
 from dataclasses import dataclass, field
@@ -98,7 +99,9 @@ class TrainConfig:
         need(math.isfinite(self.sigma) and self.sigma >= 0, f"--sigma must be a finite number >= 0, got {self.sigma}")
         for name in ("steps", "vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "every"):
             value = getattr(self, name)
-            need(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
+            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+            need(ok, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
+            setattr(self, name, int(value))
         need(self.vocab <= 256, f"--vocab must be at most 256 (tokens are bytes), got {self.vocab}")
         need(self.width % self.heads == 0, f"--width ({self.width}) must be divisible by --heads ({self.heads})")
         need(0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63-1, got {self.seed}")
@@ -115,6 +118,8 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         for key in ("compile", "threads"):
             d.pop(key)
+        if d["corpus"] is not None:
+            d["corpus"] = str(d["corpus"])  # a Path is welcome too
         return d
 
     def recorded_steps(self) -> list[int]:
@@ -260,6 +265,8 @@ def train(
     """
     config.validate()
     data, corpus_path = load_corpus(config)
+    if Path(out).is_dir():  # found out now, not after the whole run
+        raise BlackholesError(f"--out must be a file path, got a directory: {out}")
 
     import torch
 

@@ -13,6 +13,8 @@ stays cheap (no torch, no matplotlib):
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
@@ -43,3 +45,19 @@ def __getattr__(name: str):
     if module is None:
         raise AttributeError(f"module 'blackholes' has no attribute {name!r}")
     return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+class _CallableModule(types.ModuleType):
+    """A submodule named like its main function (``scan``, ``train``).
+
+    ``import blackholes.scan`` makes the *module* the package's attribute ``scan``,
+    shadowing the function; calling the module calls the function, so
+    ``blackholes.scan(...)`` works however the package was imported.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+def _make_callable(module_name: str) -> None:
+    sys.modules[module_name].__class__ = _CallableModule

@@ -235,11 +235,9 @@ def _add_reproduce(sub) -> argparse.ArgumentParser:
             "into --out. Without --corpus it uses the package's own default corpus."
         ),
     )
-    from .report import DEFAULT_STEPS
-
     p.add_argument("--corpus", metavar="PATH", help="training text (any file of bytes; default: packaged corpus)")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, metavar="N",
-                   help=f"training steps (default {DEFAULT_STEPS:,})")
+    p.add_argument("--steps", type=int, metavar="N",
+                   help="training steps (default 2,000: the hole forms, moves and freezes well within it)")
     p.add_argument("--sigma", type=float, default=0.0, metavar="S",
                    help="spread of the initial embedding rows around their shared centre (default 0: one point)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
@@ -253,10 +251,10 @@ def _add_reproduce(sub) -> argparse.ArgumentParser:
 
 
 def _run_reproduce(args) -> int:
-    from .report import reproduce
+    from .report import DEFAULT_STEPS, reproduce
 
     result = reproduce(
-        args.out, corpus=args.corpus, steps=args.steps, sigma=args.sigma, seed=args.seed, dtype=args.dtype,
+        args.out, corpus=args.corpus, steps=DEFAULT_STEPS if args.steps is None else args.steps, sigma=args.sigma, seed=args.seed, dtype=args.dtype,
         force=args.force, progress=not args.quiet, log=None if args.quiet else print,
         recipe=None if args.vocab == 128 else {"vocab": args.vocab},
     )

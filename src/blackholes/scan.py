@@ -27,7 +27,6 @@ How it runs at memory speed, and stays exact:
 from __future__ import annotations
 
 import os
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import _make_callable
 from .errors import BlackholesError
 from .tensors import SAFETENSORS_DTYPES, STORAGE_DTYPES, Matrix, load_matrix, save_safetensors
 
@@ -431,12 +431,5 @@ def _split_exactly(rows: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
     return [ids[inverse == k] for k in np.flatnonzero(counts >= 2)]
 
 
-# ``import blackholes.scan`` makes this module the package's attribute ``scan``,
-# shadowing the function of the same name; let calling the module scan, so that
-# ``blackholes.scan(...)`` works however the package was imported.
-class _CallableModule(type(np)):
-    def __call__(self, *args, **kwargs) -> ScanResult:
-        return scan(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+# let ``blackholes.scan(...)`` work even after ``import blackholes.scan``
+_make_callable(__name__)

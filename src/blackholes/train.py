@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from . import _make_callable
 from .errors import BlackholesError
 
 DTYPES = ("bf16", "fp32")
@@ -496,3 +497,7 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.25, smoothing=0.1)
+
+
+# let ``blackholes.train(...)`` work even after ``import blackholes.train``
+_make_callable(__name__)

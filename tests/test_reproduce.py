@@ -83,6 +83,7 @@ def test_markdown_matches_html(run):
     for ref in re.findall(r"\]\(([^)]+)\)", md):
         assert (out / ref).is_file(), ref
     assert result.command in md
+    assert f"A {result.config['layers']}-layer byte-level GPT (width {result.config['width']})" in md
 
 
 def test_scan_json_agrees_with_an_independent_scan(run):

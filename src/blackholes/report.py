@@ -621,7 +621,7 @@ def _document(r: ReproduceResult, plots: dict[str, Path]) -> _Document:
     cfg = r.config
     doc = _Document("Black-hole tokens: a reproduction", r.out_dir)
     doc.para(
-        f"A {cfg.get('n_layer', 2)}-layer byte-level GPT trained for {int(r.train.steps_done):,} steps on "
+        f"A {cfg['layers']}-layer byte-level GPT (width {cfg['width']}) trained for {int(r.train.steps_done):,} steps on "
         f"`{Path(cfg['corpus_path']).name}` with every embedding row starting at one shared point "
         f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}). Every step was recorded and analysed "
         "exactly: identity means bit-for-bit identical rows."

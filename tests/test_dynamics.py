@@ -308,6 +308,26 @@ def test_cli_end_to_end(rigid, tmp_path, capsys):
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("first_nan", [1, 2])
+def test_recording_that_goes_nan_gives_one_clean_report(tmp_path, capsys, first_nan):
+    """A diverged run (embeddings NaN from some step on) is reported, not a crash, and without warnings."""
+    import warnings
+
+    E, G, L, losses = simulate()
+    E[first_nan:] = np.nan
+    G[first_nan:] = np.nan
+    rec = save(tmp_path / "nan.safetensors", E, G, L, losses, metadata={"never_seen": UNTRAINED})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # numpy's all-NaN RuntimeWarning would fail here
+        assert main(["dynamics", str(rec)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert f"not finite (NaN or inf) at {13 - first_nan} step(s), first at step {first_nan}" in captured.out
+    assert captured.out.count("SUMMARY") == 1
+    if first_nan == 2:  # the first update is finite, the last is not
+        assert "not finite at the last" in captured.out
+
+
 def _error(argv, capsys) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -581,6 +581,18 @@ def _finite_or_none(x) -> float | None:
     return float(x) if np.isfinite(x) else None
 
 
+def _nanmax(x: np.ndarray) -> float:
+    """Max ignoring NaN; NaN (without numpy's all-NaN warning) when nothing is finite or x is empty."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.max()) if x.size else math.nan
+
+
+def _fmt_g(x: float | None) -> str:
+    """``1.5`` -> '1.5'; None (a value that was not finite) -> 'not finite'."""
+    return "not finite" if x is None else f"{x:g}"
+
+
 def _first_false(identical: np.ndarray, skip: np.ndarray, steps: np.ndarray) -> int | None:
     broken = np.flatnonzero(~identical & ~skip)
     return int(steps[broken[0]]) if broken.size else None
@@ -588,7 +600,8 @@ def _first_false(identical: np.ndarray, skip: np.ndarray, steps: np.ndarray) -> 
 
 def _freeze_summary(hole: dict, steps: np.ndarray, dtype: str) -> dict:
     frac = hole["frozen_fraction"]
-    frozen = np.flatnonzero(frac == 1.0)
+    # NaN rows keep their bits too, but a diverged hole is not "frozen"
+    frozen = np.flatnonzero((frac == 1.0) & np.isfinite(hole["centroid_norm"]))
     pushed = frozen[~hole["grad_zero"][frozen]]
     moved = frac[1:]
     ulps = hole["update_ulps"][1:]
@@ -829,10 +842,10 @@ def _render_report(r: DynamicsResult) -> str:
     path = float(np.nansum(disp))
     gn = r.series["shared_grad_norm"][1:]
     body.append(f"  Centroid: travelled {path:.6e} in total, ending {r.series['centroid_distance_from_start'][-1]:.6e}"
-                f" from where it started; speed max {np.nanmax(r.series['speed'][1:]):.6e} per step,"
+                f" from where it started; speed max {_nanmax(r.series['speed'][1:]):.6e} per step,"
                 f" last {r.series['speed'][-1]:.6e}")
     which = "Shared gradient norm" if r.identical_all_steps["grads"] else "Norm of the untrained tokens' mean gradient"
-    body.append(f"  {which}: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {np.nanmax(gn):.6e}")
+    body.append(f"  {which}: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {_nanmax(gn):.6e}")
     fz = r.freeze
     if r.recorded_steps[-1] != n - 1:  # --every K: changes are measured between consecutive records
         body.append("  (recorded every few steps: frozen and update sizes below compare consecutive records, "
@@ -843,9 +856,10 @@ def _render_report(r: DynamicsResult) -> str:
                     f"yet no bit moved (an update below one ulp of {fz['dtype']} rounds away)")
     else:
         body.append("  Never frozen: the hole moved at every step")
-    if fz["update_ulps_median_first"] is not None:
-        body.append(f"  Update size (median over the hole's coordinates): {fz['update_ulps_median_first']:g} ulp of "
-                    f"{fz['dtype']} at the first step, {fz['update_ulps_median_last']:g} at the last; below 1 ulp "
+    first_ulps, last_ulps = fz["update_ulps_median_first"], fz["update_ulps_median_last"]
+    if first_ulps is not None or last_ulps is not None:  # None: not finite (e.g. the run went NaN)
+        body.append(f"  Update size (median over the hole's coordinates): {_fmt_g(first_ulps)} ulp of "
+                    f"{fz['dtype']} at the first step, {_fmt_g(last_ulps)} at the last; below 1 ulp "
                     f"(most coordinates unchanged) at {fz['steps_median_update_below_1_ulp']} of {n - 1} steps")
     if fz["steps_partly_frozen"]:
         body.append(f"  Partly frozen at {fz['steps_partly_frozen']} steps (some coordinates' updates rounded away; "

@@ -13,6 +13,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from blackholes.cli import main
+from blackholes.errors import BlackholesError
 
 
 def planted(n=64, d=16, seed=0, sizes=(4, 2)):
@@ -147,6 +148,108 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
     assert p.returncode == 2
     assert p.stderr.startswith("blackholes: error: no such file") and "Traceback" not in p.stderr
     assert p.stderr.count("\n") == 1 and not (tmp_path / "m.safetensors").exists()
+
+
+# ---------------------------------------------------------------------------- outputs never clobber inputs
+
+
+def _refused(argv, capsys, words="is an input of this command"):
+    status = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith("blackholes: error: ") and err.count("\n") == 1, err
+    assert words in err, err
+    return err
+
+
+def test_outputs_that_are_inputs_are_refused(scan_file, tmp_path, capsys):
+    before = scan_file.read_bytes()
+    (tmp_path / "sub").mkdir()
+    os.link(scan_file, tmp_path / "hard.safetensors")
+    os.symlink(scan_file, tmp_path / "soft.safetensors")
+    for out in (scan_file, tmp_path / "sub" / ".." / scan_file.name, tmp_path / "hard.safetensors",
+                tmp_path / "soft.safetensors"):
+        _refused(["scan", scan_file, "--mask", out], capsys)
+        _refused(["scan", scan_file, "--json", out], capsys)
+        _refused(["dynamics", scan_file, "--json", out], capsys)
+        _refused(["map", scan_file, "--out", tmp_path / "m.png", "--json", out], capsys)
+    assert scan_file.read_bytes() == before
+    mask = tmp_path / "mask.safetensors"
+    assert main(["scan", str(scan_file), "--mask", str(mask), "--quiet"]) == 0
+    _refused(["map", scan_file, "--mask", mask, "--out", tmp_path / "m.png", "--json", mask], capsys)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("abc")
+    _refused(["dynamics", scan_file, "--corpus", corpus, "--json", corpus], capsys)
+    assert corpus.read_text() == "abc"
+    tok = tmp_path / "tokenizer.json"
+    tok.write_text("{}")
+    _refused(["scan", scan_file, "--tokenizer", tok, "--json", tok], capsys)
+    assert tok.read_text() == "{}"
+    _refused(["scan", scan_file, "--mask", tmp_path / "o.x", "--json", tmp_path / "sub" / ".." / "o.x"], capsys,
+             "two outputs name the same file")
+
+
+def test_outputs_in_a_model_folder_do_not_overwrite_its_files(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    save_file({"model.embed_tokens.weight": planted(), "model.norm.weight": np.ones(16, np.float32)},
+              str(folder / "model-00001-of-00002.safetensors"))
+    save_file({"lm_head.weight": planted(seed=2)}, str(folder / "model-00002-of-00002.safetensors"))
+    weight_map = {"model.embed_tokens.weight": "model-00001-of-00002.safetensors",
+                  "model.norm.weight": "model-00001-of-00002.safetensors",
+                  "lm_head.weight": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "config.json").write_text('{"tie_word_embeddings": false}')
+    snapshot = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for name in snapshot:
+        _refused(["scan", folder, "--mask", folder / name], capsys)
+    hub = tmp_path / "hub" / "models--org--m"
+    (hub / "snapshots").mkdir(parents=True)
+    (hub / "snapshots" / "abc").symlink_to(folder)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    _refused(["scan", "org/m", "--json", folder / "config.json"], capsys)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == snapshot
+    assert main(["scan", str(folder), "--json", str(folder / "scan.json"), "--quiet"]) == 0  # a new file is fine
+
+
+def test_map_output_errors_come_before_the_work(scan_file, tmp_path, capsys, monkeypatch):
+    import blackholes.density
+
+    def never(*a, **k):
+        raise AssertionError("the map was computed before the output was checked")
+
+    monkeypatch.setattr(blackholes.density, "density_map", never)
+    (tmp_path / "somedir").mkdir()
+    err = _refused(["map", scan_file, "--out", tmp_path / "m.png", "--json", tmp_path / "somedir"], capsys,
+                   "output path is a directory")
+    assert ".tmp" not in err
+    _refused(["map", scan_file, "--out", tmp_path / "somedir" / "no" / "m.png"], capsys,
+             "output directory does not exist")
+
+
+def test_check_output_path(tmp_path, monkeypatch):
+    import blackholes.fileio
+    from blackholes.fileio import check_output_path
+
+    src = tmp_path / "in.safetensors"
+    src.write_bytes(b"x")
+    assert check_output_path(tmp_path / "out.json", inputs=[src, None]) == tmp_path / "out.json"
+    with pytest.raises(BlackholesError, match="is an input"):
+        check_output_path(src, inputs=[tmp_path / "." / "in.safetensors"])
+    with pytest.raises(BlackholesError, match="output path is a directory"):
+        check_output_path(tmp_path)
+    with pytest.raises(BlackholesError, match="output directory does not exist"):
+        check_output_path(tmp_path / "nope" / "o.json")
+    with pytest.raises(BlackholesError, match="output directory does not exist"):
+        check_output_path(src / "o.json")  # parent is a file
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    if os.geteuid() == 0:  # root may write anywhere: pretend it may not
+        monkeypatch.setattr(blackholes.fileio.os, "access", lambda p, mode: os.fspath(p) != str(locked))
+    try:
+        with pytest.raises(BlackholesError, match="permission denied"):
+            check_output_path(locked / "o.json")
+    finally:
+        locked.chmod(0o700)
 
 
 def test_failed_write_leaves_no_half_file(scan_file, tmp_path, monkeypatch, capsys):

@@ -51,30 +51,39 @@ def _add_scan(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _check_scan_output(path: str) -> None:
-    """Fail before the scan, not after it, when an output cannot be written."""
-    import os
+def _check_outputs(outputs, inputs=()) -> None:
+    """Fail before any work, not after it, when an output cannot be written, is
+    given twice, or would overwrite a file the command reads."""
+    from .fileio import check_output_path, same_file
+
+    outs = [out for out in outputs if out]
+    for i, out in enumerate(outs):
+        check_output_path(out, inputs=inputs)
+        if any(same_file(out, other) for other in outs[:i]):
+            raise BlackholesError(f"two outputs name the same file: {out}")
+
+
+def _matrix_files(m) -> list:
+    """Every file loading ``m`` read, and for a model folder its other weights too."""
     from pathlib import Path
 
-    out = Path(path)
-    parent = out.parent if str(out.parent) else Path(".")
-    if out.is_dir():
-        raise BlackholesError(f"output path is a directory: {out}")
-    if not parent.is_dir():
-        raise BlackholesError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BlackholesError(f"cannot write to {parent} (permission denied)")
+    files = [m.path, m.tokenizer]
+    if m.path is not None and not Path(m.source).expanduser().is_file():  # a folder or a cached id
+        folder = m.path.parent
+        files += [folder / "config.json", folder / "model.safetensors.index.json"]
+        files += sorted(folder.glob("*.safetensors"))
+    return files
 
 
 def _run_scan(args) -> int:
     from .scan import scan
+    from .tensors import load_matrix
 
-    if args.mask and args.json and args.mask == args.json:
-        raise BlackholesError("--mask and --json must be different files")
-    for out in (args.mask, args.json):
-        if out:
-            _check_scan_output(out)
-    result = scan(args.source, key=args.key, matrix=args.matrix, tokenizer=args.tokenizer)
+    outputs = (args.mask, args.json)
+    _check_outputs(outputs, inputs=(args.source, args.tokenizer))
+    m = load_matrix(args.source, key=args.key, matrix=args.matrix)  # the header only: cheap
+    _check_outputs(outputs, inputs=_matrix_files(m))
+    result = scan(m, tokenizer=args.tokenizer)
     if args.mask:
         result.save_mask(args.mask)
     if args.json:
@@ -120,20 +129,19 @@ def _add_map(sub) -> argparse.ArgumentParser:
 
 
 def _run_map(args) -> int:
-    import os
-
     from .density import density_map
-    from .errors import BlackholesError
+    from .tensors import load_matrix
 
     if not args.out.lower().endswith(".png"):
         raise BlackholesError(f"--out must name a .png file, got {args.out}")
     if args.bins is not None and not 2 <= args.bins <= 2000:
         raise BlackholesError(f"--bins must be between 2 and 2000, got {args.bins}")
-    for out in (args.out, args.json):
-        if out and not os.path.isdir(os.path.dirname(os.path.abspath(out))):
-            raise BlackholesError(f"output directory does not exist: {os.path.dirname(out)}")
+    outputs = (args.out, args.json)
+    _check_outputs(outputs, inputs=(args.source, args.mask))
+    m = load_matrix(args.source, key=args.key, matrix=args.matrix)  # the header only: cheap
+    _check_outputs(outputs, inputs=_matrix_files(m))
     result = density_map(
-        args.source, key=args.key, matrix=args.matrix, mask=args.mask, auto_mask=args.auto_mask,
+        m, mask=args.mask, auto_mask=args.auto_mask,
         bins=args.bins, progress=not args.quiet,
     )
     from .plots import plot_density_map
@@ -197,10 +205,8 @@ def _run_dynamics(args) -> int:
     import os
 
     from .dynamics import analyze
-    from .errors import BlackholesError
 
-    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
-        raise BlackholesError(f"output directory does not exist: {os.path.dirname(args.json)}")
+    _check_outputs((args.json,), inputs=(args.recording, args.corpus))
     if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
         raise BlackholesError(f"--plots must be a directory: {args.plots}")
     result = analyze(args.recording, corpus=args.corpus, tokens=args.tokens, steps=args.steps)

@@ -16,6 +16,43 @@ from pathlib import Path
 from typing import Iterator
 
 
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: through links, ``..`` and hard links alike.
+
+    >>> same_file("model.safetensors", "./sub/../model.safetensors")
+    True
+    """
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist (yet): compare where they would be
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_output_path(path: str | os.PathLike, *, inputs=()) -> Path:
+    """Refuse, before any work is done, an output that cannot be written or that
+    would overwrite one of ``inputs`` (the files the command reads; ``None`` skipped).
+
+    Raises :class:`BlackholesError` with a one-line reason; returns ``Path(path)``.
+
+    >>> check_output_path("mask.safetensors", inputs=["model.safetensors"])
+    PosixPath('mask.safetensors')
+    """
+    from .errors import BlackholesError
+
+    out = Path(path)
+    if out.is_dir():
+        raise BlackholesError(f"output path is a directory: {out}")
+    parent = out.parent  # Path("x").parent is Path(".")
+    if not parent.is_dir():
+        raise BlackholesError(f"output directory does not exist: {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BlackholesError(f"cannot write to {parent} (permission denied)")
+    for source in inputs:
+        if source is not None and same_file(out, source):
+            raise BlackholesError(f"output {out} is an input of this command ({source}); choose another path")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.

@@ -328,6 +328,29 @@ def test_recording_that_goes_nan_gives_one_clean_report(tmp_path, capsys, first_
         assert "not finite at the last" in captured.out
 
 
+def test_metadata_value_that_is_not_a_string_is_taken_as_given(tmp_path, capsys):
+    """Some tools write ``"sigma": 0`` (not ``"0"``) into __metadata__: read it, say so, no traceback."""
+    E, G, L, losses = simulate()
+    path = save(tmp_path / "ok.safetensors", E, G, L, losses, metadata={"never_seen": UNTRAINED})
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    doc = json.loads(raw[8:8 + n])
+    doc["__metadata__"]["sigma"] = 0
+    doc["__metadata__"]["never_seen"] = UNTRAINED  # a real JSON list, not its text
+    header = json.dumps(doc).encode()
+    header += b" " * (-len(header) % 8)
+    odd = tmp_path / "odd.safetensors"
+    odd.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
+
+    assert main(["dynamics", str(odd)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    note = next(line for line in captured.out.splitlines() if "not stored as text" in line)
+    assert "sigma=0" in captured.out and "'sigma'" in note and "'never_seen'" in note
+    result = analyze(odd)
+    assert result.untrained_tokens == UNTRAINED and result.metadata["sigma"] == 0 and result.rigid_body
+
+
 def _error(argv, capsys) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err

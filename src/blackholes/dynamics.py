@@ -19,7 +19,6 @@ check every link at *every* recorded step of a training recording, exactly:
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import BlackholesError
+from .recording import decode_metadata
 from .tensors import Header, open_tensor, read_header, to_float32
 
 DEFAULT_STEPS = (0, 1, 2, 10, 100, 1000, 10000)
@@ -142,8 +142,11 @@ def analyze(
     held = set(untrained)
     trained = [t for t in range(vocab) if t not in held]
     sample_steps = parse_steps(steps)
-    if rec.metadata.get("complete") in ("false", '"false"'):
-        at = rec.meta_json("interrupted_at_step") if "interrupted_at_step" in rec.metadata else None
+    if rec.not_strings:
+        notes.append(f"metadata {', '.join(map(repr, rec.not_strings))} not stored as text (safetensors metadata "
+                     "is str -> str); taken as the value given")
+    if rec.metadata.get("complete") in (False, "false"):
+        at = rec.meta_json("interrupted_at_step")
         notes.append("the recording is incomplete (training was interrupted"
                      + (f" at step {at}" if at is not None else "") + "): it ends early")
     never_drawn = _never_drawn_tokens(rec, untrained, notes)
@@ -283,7 +286,8 @@ class _Recording:
     shape: tuple[int, int, int]
     steps: np.ndarray  # training step at each index (int64)
     losses: np.ndarray | None
-    metadata: dict[str, str]
+    metadata: dict  # decoded: each JSON value parsed (see recording.decode_metadata)
+    not_strings: list[str] = field(default_factory=list)  # keys whose raw value was not a string
 
     def tensor(self, key: str) -> np.ndarray:
         return open_tensor(self.path, key, self.header)
@@ -292,23 +296,12 @@ class _Recording:
         return self.header.tensors[key].dtype
 
     def meta_json(self, key: str):
-        raw = self.metadata.get(key)
-        if raw is None:
-            return None
-        try:
-            return json.loads(raw)
-        except (TypeError, json.JSONDecodeError):
-            raise BlackholesError(f"recording metadata {key!r} is not valid JSON: {raw[:60]!r}") from None
+        """The decoded value of metadata ``key`` (None when absent); a value that is not JSON stays text."""
+        return self.metadata.get(key)
 
     def summary_metadata(self) -> dict:
-        keep = {}
-        for key in ("sigma", "seed", "dtype", "complete", "interrupted_at_step", "corpus_sha256", "centre"):
-            if key in self.metadata:
-                try:
-                    keep[key] = json.loads(self.metadata[key])
-                except json.JSONDecodeError:
-                    keep[key] = self.metadata[key]
-        return _json_safe(keep)
+        keep = ("sigma", "seed", "dtype", "complete", "interrupted_at_step", "corpus_sha256", "centre")
+        return _json_safe({k: self.metadata[k] for k in keep if k in self.metadata})
 
 
 def _open_recording(path: str | os.PathLike) -> _Recording:
@@ -340,7 +333,8 @@ def _open_recording(path: str | os.PathLike) -> _Recording:
     if n < 2 or vocab < 1 or dim < 1:
         raise BlackholesError(f"recording too small to analyse: 'embeddings' is {list(emb)} (need >= 2 steps)")
     rec = _Recording(header.path, header, info["embeddings"].dtype, (n, vocab, dim), np.arange(n), None,
-                     header.metadata)
+                     decode_metadata(header.metadata),
+                     [k for k, v in header.metadata.items() if not isinstance(v, str)])
     steps = rec.meta_json("steps")
     if steps is not None:
         if not isinstance(steps, list) or len(steps) != n or not all(isinstance(s, int) for s in steps):
@@ -378,7 +372,7 @@ def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tupl
                 f"corpus byte {b} (0x{b:02X}) at offset {where} is outside the vocabulary of {vocab} tokens"
             )
         untrained = [t for t in range(vocab) if not present[t]]
-        sha = rec.meta_json("corpus_sha256") if "corpus_sha256" in rec.metadata else None
+        sha = rec.meta_json("corpus_sha256")
         if isinstance(sha, str) and sha != hashlib.sha256(bytes(data)).hexdigest():
             notes.append("the corpus differs from the one this recording was trained on (sha256 mismatch)")
         source = "corpus"

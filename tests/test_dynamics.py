@@ -282,6 +282,15 @@ def test_order_key_sorts_like_floats(values):
     assert np.array_equal(_order_key(keys).view(np.uint32), f.view(np.uint32))  # its own inverse
 
 
+def test_ranges_are_bounded_before_they_are_expanded():
+    assert parse_tokens("0-3,10", vocab=16) == [0, 1, 2, 3, 10]
+    with pytest.raises(BlackholesError, match="outside the vocabulary"):
+        parse_tokens("0-1000000000", vocab=16)
+    assert parse_steps("0-2,99", last=10) == [0, 1, 2, 99]  # a single step beyond the end: skipped later
+    with pytest.raises(BlackholesError, match="beyond the recording's last step 10"):
+        parse_steps("5-1000000000", last=10)
+
+
 def test_parse_ids():
     assert parse_tokens("1,2,5-9") == [1, 2, 5, 6, 7, 8, 9]
     assert parse_steps("10,0,1") == [0, 1, 10]
@@ -382,6 +391,11 @@ def test_bad_inputs_give_one_line(tmp_path, capsys):
     assert "no such file" in _error(["dynamics", str(tmp_path / "nope.safetensors")], capsys)
     assert "no such corpus" in _error(["dynamics", str(ok), "--corpus", str(tmp_path / "nope.txt")], capsys)
     assert "at least two" in _error(["dynamics", str(ok), "--tokens", "4"], capsys)
+    # huge ranges are refused before they are expanded (no MemoryError, no hang)
+    assert "token id 10000000000000 is outside the vocabulary (0-15)" in _error(
+        ["dynamics", str(ok), "--tokens", "0-10000000000000"], capsys)
+    assert "step range '0-10000000000000' goes beyond the recording's last step 4" in _error(
+        ["dynamics", str(ok), "--tokens", "1,2", "--steps", "0-10000000000000"], capsys)
     assert "does not exist" in _error(["dynamics", str(ok), "--tokens", "1,2", "--json",
                                        str(tmp_path / "no" / "d.json")], capsys)
 

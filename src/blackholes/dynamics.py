@@ -141,7 +141,7 @@ def analyze(
     untrained, source = _untrained_tokens(rec, corpus, tokens, notes)
     held = set(untrained)
     trained = [t for t in range(vocab) if t not in held]
-    sample_steps = parse_steps(steps)
+    sample_steps = parse_steps(steps, last=int(rec.steps[-1]))
     if rec.not_strings:
         notes.append(f"metadata {', '.join(map(repr, rec.not_strings))} not stored as text (safetensors metadata "
                      "is str -> str); taken as the value given")
@@ -256,23 +256,32 @@ def analyze(
     return result
 
 
-def parse_steps(steps: Iterable[int] | str) -> list[int]:
+def parse_steps(steps: Iterable[int] | str, last: int | None = None) -> list[int]:
     """``"0,1,2,10"`` or ``[0, 1, 2, 10]`` -> sorted unique training steps.
+
+    With ``last`` (the recording's last step) a range ending beyond it is refused
+    before it is expanded; single steps beyond it are kept (the report skips them).
 
     >>> parse_steps("0,1,2,10,100")
     [0, 1, 2, 10, 100]
     """
-    values = _parse_ids(steps, what="step") if isinstance(steps, str) else [_as_int(s, "step") for s in steps]
+    if isinstance(steps, str):
+        limit = None if last is None else (last, f"the recording's last step {last}")
+        values = _parse_ids(steps, what="step", range_limit=limit)
+    else:
+        values = [_as_int(s, "step") for s in steps]
     return sorted(set(values))
 
 
-def parse_tokens(text: str) -> list[int]:
-    """``"1,2,5-9"`` -> ``[1, 2, 5, 6, 7, 8, 9]``.
+def parse_tokens(text: str, vocab: int | None = None) -> list[int]:
+    """``"1,2,5-9"`` -> ``[1, 2, 5, 6, 7, 8, 9]``; with ``vocab``, ids outside it are refused
+    before any range is expanded (so ``0-1000000000`` fails at once).
 
     >>> parse_tokens("0-3,10")
     [0, 1, 2, 3, 10]
     """
-    return sorted(set(_parse_ids(text, what="token id")))
+    limit = None if vocab is None else (vocab - 1, f"the vocabulary (0-{vocab - 1})")
+    return sorted(set(_parse_ids(text, what="token id", limit=limit)))
 
 
 # ---------------------------------------------------------------------------- reading
@@ -377,7 +386,7 @@ def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tupl
             notes.append("the corpus differs from the one this recording was trained on (sha256 mismatch)")
         source = "corpus"
     elif tokens is not None:
-        untrained = parse_tokens(tokens) if isinstance(tokens, str) else sorted({_as_int(t, "token id") for t in tokens})
+        untrained = parse_tokens(tokens, vocab=vocab) if isinstance(tokens, str) else sorted({_as_int(t, "token id") for t in tokens})
         source = "tokens"
     else:
         never = rec.meta_json("never_seen")
@@ -923,7 +932,10 @@ def _as_int(value, what: str) -> int:
     return int(value)
 
 
-def _parse_ids(text: str, what: str) -> list[int]:
+def _parse_ids(text: str, what: str, limit: tuple[int, str] | None = None,
+               range_limit: tuple[int, str] | None = None) -> list[int]:
+    """``limit`` = (largest allowed id, its description) for every id; ``range_limit`` for range ends only.
+    Both are checked before a range is expanded: ``0-1000000000`` must not build a billion-item list."""
     out = []
     for part in text.replace(" ", "").split(","):
         if not part:
@@ -936,6 +948,10 @@ def _parse_ids(text: str, what: str) -> list[int]:
             raise BlackholesError(f"bad {what} list {text!r}: expected e.g. '1,2,5-9'") from None
         if b < a:
             raise BlackholesError(f"bad {what} range {part!r}: end before start")
+        if limit is not None and b > limit[0]:
+            raise BlackholesError(f"{what} {b} is outside {limit[1]}")
+        if sep and range_limit is not None and b > range_limit[0]:
+            raise BlackholesError(f"{what} range {part!r} goes beyond {range_limit[1]}")
         out.extend(range(a, b + 1))
     if not out:
         raise BlackholesError(f"empty {what} list {text!r}")

@@ -126,8 +126,24 @@ def write_raw(path, header: bytes, data: bytes = b"", length: int | None = None)
          "truncated safetensors file"),
         (lambda p: write_raw(p, b'{"t": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}', b"\0" * 12),
          "does not match"),
-        (lambda p: write_raw(p, b'{"t": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 2]}}', b"\0" * 2),
-         "unsupported dtype"),
+        (lambda p: write_raw(p, b'{"t": {"dtype": "Q4", "shape": [2, 1], "data_offsets": [0, 2]}}', b"\0" * 2),
+         "has dtype Q4, which blackholes cannot read"),
+        # values of the wrong type or size: one line each, never a TypeError or an overflow
+        (lambda p: write_raw(p, b'{"t": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4),
+         r"dtype \['F32'\] is not a name"),
+        (lambda p: write_raw(p, b'{"t": {"dtype": "F32", "shape": [1e20, 1], "data_offsets": [0, 4]}}', b"\0" * 4),
+         "not a list of non-negative integers"),
+        (lambda p: write_raw(p, b'{"t": {"dtype": "F32", "shape": [4294967296, 4294967296], "data_offsets": [0, 0]}}'),
+         "does not match its 0 bytes"),
+        (lambda p: write_raw(p, b'{"t": {"dtype": "F32", "shape": [2, -2], "data_offsets": [0, 0]}}'),
+         "not a list of non-negative integers"),
+        (lambda p: write_raw(p, b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}', b"\0" * 4),
+         "end before they begin"),
+        (lambda p: write_raw(p, b'{"t": {"dtype": "F32", "shape": [1], "data_offsets": "0-4"}}', b"\0" * 4),
+         "data_offsets '0-4' is not two"),
+        (lambda p: write_raw(p, b'{"t": ["F32", [1], [0, 4]]}', b"\0" * 4), "entry is not a JSON object"),
+        (lambda p: write_raw(p, b'{"t": {"dtype": "F4", "shape": [2, 2], "data_offsets": [0, 64]}}', b"\0" * 8),
+         "truncated safetensors file"),
     ],
 )
 def test_bad_files(tmp_path, make, message):
@@ -135,6 +151,34 @@ def test_bad_files(tmp_path, make, message):
     make(path)
     with pytest.raises(BlackholesError, match=message):
         load_matrix(path)
+
+
+def test_dtypes_we_cannot_read_are_kept_until_chosen(tmp_path):
+    """safetensors 0.8 writes F8_E8M0, F4, C64, ...: a file holding one is still readable."""
+    x = rows(0)
+    entries = {"gamma": {"dtype": "F32", "shape": [V, D], "data_offsets": [0, x.nbytes]},
+               "scales": {"dtype": "F8_E8M0", "shape": [4], "data_offsets": [x.nbytes, x.nbytes + 4]},
+               "packed": {"dtype": "F4", "shape": [2, 4], "data_offsets": [x.nbytes + 4, x.nbytes + 8]},
+               "c": {"dtype": "C64", "shape": [1, 1], "data_offsets": [x.nbytes + 8, x.nbytes + 16]}}
+    path = write_raw(tmp_path / "m.safetensors", json.dumps(entries).encode(), x.tobytes() + b"\1" * 16)
+    header = read_header(path)
+    assert header.tensors["scales"].dtype == "F8_E8M0" and header.tensors["packed"].shape == (2, 4)
+    m = load_matrix(path, key="gamma")
+    np.testing.assert_array_equal(m.array, x)
+    with pytest.raises(BlackholesError, match=r"'c' in .* has dtype C64, which blackholes cannot read"):
+        load_matrix(path, key="c")
+    with pytest.raises(BlackholesError, match="has dtype F8_E8M0, which blackholes cannot read"):
+        open_tensor(path, "scales")
+
+
+def test_sharded_index_with_a_bad_weight_map_value(tmp_path):
+    make_model(tmp_path / "m", tied=False, sharded=True)
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    doc["weight_map"]["lm_head.weight"] = 5
+    index.write_text(json.dumps(doc))
+    with pytest.raises(BlackholesError, match="corrupt weight_map.*'lm_head.weight' maps to 5"):
+        load_matrix(tmp_path / "m")
 
 
 def test_missing_path(tmp_path):

@@ -20,6 +20,7 @@ wants; :func:`to_float32` widens them when arithmetic is needed.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass, field
@@ -135,27 +136,43 @@ def read_header(path: str | os.PathLike) -> Header:
         raise BlackholesError(f"corrupt safetensors header (bad __metadata__): {path}")
     tensors: dict[str, TensorInfo] = {}
     for name, entry in doc.items():
-        try:
-            dtype = entry["dtype"]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (TypeError, KeyError, ValueError):
-            raise BlackholesError(f"corrupt safetensors header (bad entry {name!r}): {path}") from None
-        if dtype not in STORAGE_DTYPES:
-            raise BlackholesError(f"unsupported dtype {dtype!r} for tensor {name!r} in {path}")
-        expected = int(np.prod(shape, dtype=np.int64)) * STORAGE_DTYPES[dtype].itemsize
-        if any(s < 0 for s in shape) or begin < 0 or end - begin != expected:
-            raise BlackholesError(
-                f"corrupt safetensors header (tensor {name!r}: shape {list(shape)} "
-                f"does not match its {end - begin} bytes): {path}"
-            )
-        if data_start + end > size:
-            raise BlackholesError(
-                f"truncated safetensors file (tensor {name!r} ends at byte "
-                f"{data_start + end}, file has {size}): {path}"
-            )
-        tensors[name] = TensorInfo(name, dtype, shape, data_start + begin, data_start + end)
+        tensors[name] = _tensor_entry(name, entry, data_start, size, path)
     return Header(path=path, tensors=tensors, metadata=dict(metadata), data_start=data_start)
+
+
+def _tensor_entry(name: str, entry, data_start: int, size: int, path: Path) -> TensorInfo:
+    """Validate one header entry. Dtypes we cannot read are kept (the file may hold
+    other tensors we can); only their byte count goes unchecked."""
+
+    def bad(why: str) -> BlackholesError:
+        return BlackholesError(f"corrupt safetensors header (tensor {name!r}: {why}): {path}")
+
+    if not isinstance(entry, dict):
+        raise bad("entry is not a JSON object")
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(dtype, str):
+        raise bad(f"dtype {dtype!r} is not a name")
+    if not isinstance(shape, list) or not all(_is_count(s) for s in shape):
+        raise bad(f"shape {shape!r} is not a list of non-negative integers")
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
+        raise bad(f"data_offsets {offsets!r} is not two non-negative integers")
+    begin, end = offsets
+    if end < begin:
+        raise bad(f"data_offsets {offsets} end before they begin")
+    if dtype in STORAGE_DTYPES:
+        expected = math.prod(shape) * STORAGE_DTYPES[dtype].itemsize  # Python ints: no overflow
+        if end - begin != expected:
+            raise bad(f"shape {shape} does not match its {end - begin} bytes")
+    if data_start + end > size:
+        raise BlackholesError(
+            f"truncated safetensors file (tensor {name!r} ends at byte "
+            f"{data_start + end}, file has {size}): {path}"
+        )
+    return TensorInfo(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def open_tensor(path: str | os.PathLike, key: str, header: Header | None = None) -> np.ndarray:
@@ -176,7 +193,12 @@ def open_tensor(path: str | os.PathLike, key: str, header: Header | None = None)
 
 def map_tensor(path: str | os.PathLike, info: TensorInfo) -> np.ndarray:
     """Memory-map the tensor described by ``info`` (see :func:`read_header`)."""
-    dtype = STORAGE_DTYPES[info.dtype]
+    dtype = STORAGE_DTYPES.get(info.dtype)
+    if dtype is None:
+        raise BlackholesError(
+            f"tensor {info.name!r} in {path} has dtype {info.dtype}, which blackholes cannot read "
+            f"(supported: {', '.join(STORAGE_DTYPES)})"
+        )
     if info.nbytes == 0:
         return np.empty(info.shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=info.start, shape=info.shape)
@@ -434,7 +456,10 @@ def _load_from_folder(folder: Path, key: str | None, matrix: str | None) -> Matr
     if weight_map is not None:
         if key not in weight_map:
             raise BlackholesError(f"tensor {key!r} not found in {index}; keys: {_short_list(keys)}")
-        path = folder / weight_map[key]  # the one shard holding it
+        shard = weight_map[key]
+        if not isinstance(shard, str) or not shard:
+            raise BlackholesError(f"corrupt weight_map in {index}: {key!r} maps to {shard!r}, not a file name")
+        path = folder / shard  # the one shard holding it
     else:
         path = single
     header = read_header(path)

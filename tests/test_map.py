@@ -204,3 +204,17 @@ def test_empty_mask_draws_one_map(tmp_path):
 
     plot_density_map(m, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 10_000
+
+
+def test_one_column_matrix_is_a_clear_error(tmp_path, capsys):
+    """D = 1 has no second principal direction: one line, before anything is drawn or printed."""
+    x = _matrix(300, 1)
+    with pytest.raises(BlackholesError, match="2 columns"):
+        pca(x)
+    path = tmp_path / "narrow.safetensors"
+    save_safetensors(path, {"weight": x})
+    assert main(["map", str(path), "--out", str(tmp_path / "m.png")]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("blackholes: error: ") and captured.err.count("\n") == 1
+    assert "2 columns for a 2-D projection, got shape [300, 1]" in captured.err and captured.out == ""
+    assert not (tmp_path / "m.png").exists()

@@ -131,8 +131,8 @@ def pca_sets(
     dtype = dtype or _default_dtype(array)
     if n_iter < 1:
         raise BlackholesError(f"n_iter must be at least 1, got {n_iter}")
-    if V < 2 or D < 1:
-        raise BlackholesError(f"need at least 2 rows and 1 column to project, got shape {[V, D]}")
+    if V < 2 or D < 2:  # a map has two axes: a [V, 1] matrix has no second principal direction
+        raise BlackholesError(f"need at least 2 rows and 2 columns for a 2-D projection, got shape {[V, D]}")
     k = min(k, D)
     width = min(D, k + oversample)
     sel = [np.ones(V, bool) if r is None else np.asarray(r, bool) for r in rows]

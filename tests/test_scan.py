@@ -85,6 +85,43 @@ def test_forced_collisions_are_split_exactly(monkeypatch, bucket):
     assert as_lists(find_groups(x)) == reference(x)
 
 
+@pytest.mark.parametrize("bucket", [lambda h: h * 0, lambda h: h % np.uint64(3), lambda h: h])
+@pytest.mark.parametrize("chunk", [8, 64, 200])
+def test_forced_collisions_in_small_chunks(monkeypatch, bucket, chunk):
+    """Tiny chunks: every step (sieve, hash, verification) runs over many chunks, in hash order."""
+    real = scan_module.hash_rows
+    monkeypatch.setattr(scan_module, "hash_rows", lambda rows: bucket(real(rows)))
+    monkeypatch.setattr(scan_module, "CHUNK_BYTES", chunk)
+    for dtype, d in ((np.float32, 24), (np.uint8, 3), (np.float16, 40)):
+        x = planted(n=150, d=d, dtype=dtype, seed=d, sizes=(9, 4, 4, 3, 2, 2, 2))
+        assert as_lists(find_groups(x)) == reference(x)
+    x = np.zeros((60, 20), np.uint8)  # equal 64-byte prefixes would not help: rows differ at the end
+    x[:, -1] = np.arange(60) % 7
+    assert as_lists(find_groups(x)) == reference(x)
+
+
+def test_take_reads_the_rows_asked_for():
+    rows = np.arange(20).reshape(10, 2)
+    for ids in ([1, 3, 2, 4], [2, 3, 4], [4], [5, 4], [0, 2, 1, 3, 4], []):
+        ids = np.array(ids, dtype=np.int64)
+        np.testing.assert_array_equal(scan_module._take(rows, ids), rows[ids])
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_verification_in_hash_order_needs_no_split(monkeypatch, swap):
+    """Runs {1, 3} and {2, 4} listed in hash order as [1, 3, 2, 4] (for one of the two
+    assignments) must verify as they are, without falling back to the exact split."""
+    x = planted(n=8, d=4, sizes=())
+    a, b = planted(n=2, d=4, seed=1, sizes=())
+    a, b = (b, a) if swap else (a, b)
+    x[[1, 3]], x[[2, 4]] = a, b
+    calls = []
+    real = scan_module._split_exactly
+    monkeypatch.setattr(scan_module, "_split_exactly", lambda r, ids: calls.append(ids) or real(r, ids))
+    assert as_lists(find_groups(x)) == reference(x) == [[1, 3], [2, 4]]
+    assert calls == []
+
+
 def test_bf16_and_upcast_f32_give_the_same_groups():
     f32 = planted(n=200, d=33, seed=5)
     bits = bf16_from_float32(f32)  # rounding may also create new equalities: still exact

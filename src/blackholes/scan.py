@@ -404,8 +404,11 @@ def _word_view(rows: np.ndarray) -> np.ndarray:
 
 
 def _take(rows: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """rows[ids], as a slice (no gather) when ids are consecutive."""
-    if len(ids) and ids[-1] - ids[0] + 1 == len(ids) and (len(ids) == 1 or ids[1] > ids[0]):
+    """rows[ids], as a slice (no gather) when ids are consecutive and ascending.
+
+    (In the verification step ids come in hash order: [1, 3, 2, 4] spans 1..4 but is not rows 1..4.)
+    """
+    if len(ids) and ids[-1] - ids[0] + 1 == len(ids) and np.all(np.diff(ids) == 1):
         return rows[ids[0] : ids[-1] + 1]
     return rows[ids]
 

@@ -193,7 +193,9 @@ def test_force_overwrites_and_sigma_keeps_rows_apart(tmp_path, capsys):
     assert r.answer[0].startswith("**No black hole**")
     assert all(c.passed for c in r.checks)
     assert r.dynamics is not None and r.dynamics.identical_all_steps["positions"] is False
-    assert "--sigma 0.01" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "--sigma 0.01" in md
+    assert "one shared point" not in md and "starting at its own point" in md  # worded from sigma
     assert r.density.masked is None  # nothing to mask: one density panel
     assert (out / "old.txt").read_text() == "left from before"  # not ours: left alone
     assert "stale" not in (out / "report.html").read_text()
@@ -235,3 +237,20 @@ def test_every_byte_drawn_means_no_hole_and_no_dynamics(tmp_path):
         assert (out / ref).is_file()
     summary = json.loads((out / "reproduce.json").read_text())
     assert summary["rigid_body"] is None and "dynamics" not in summary["files"]
+
+
+def test_followed_bytes_named_as_never_seen_and_never_drawn(tmp_path):
+    """One never-seen byte is too few to follow alone, so dynamics follows it with the never-drawn ones:
+    the answer must not call them all never-seen."""
+    rng = np.random.default_rng(3)
+    words = ["the", "hole", "moves", "as", "one", "body"]
+    text = " ".join(rng.choice(words, size=6000)).encode("ascii")
+    corpus = tmp_path / "c.txt"
+    corpus.write_bytes(text[:3000] + bytes(range(1, 128)) + text[3000:])  # only byte 0 never occurs
+    r = reproduce(tmp_path / "run", corpus=corpus, steps=3, progress=False, log=None, recipe=FAST)
+    assert r.never_seen == [0] and len(r.never_drawn) >= 2 and r.dynamics is not None
+    followed = r.dynamics.untrained_tokens
+    assert followed == sorted([0] + r.never_drawn)
+    line = next(a for a in r.answer if "move as one body" in a)
+    assert "never-seen bytes" not in line
+    assert f"the {len(followed)} untouched bytes (1 never seen, {len(followed) - 1} never drawn)" in line

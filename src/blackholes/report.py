@@ -466,7 +466,7 @@ def _answer(r: ReproduceResult) -> list[str]:
     if d is not None:
         n = len(d.recorded_steps)
         k = len(d.untrained_tokens)
-        who = f"the {k} {'never-seen' if r.never_seen else 'never-drawn'} bytes"
+        who = _followed_words(d.untrained_tokens, r.never_seen)
         if d.rigid_body:
             tail = ""
             if d.never_drawn is not None and r.never_seen and r.never_drawn:
@@ -502,6 +502,18 @@ def _answer(r: ReproduceResult) -> list[str]:
     if failed:
         lines.append("**Attention** — these expectations did not hold: " + "; ".join(c.name for c in failed) + ".")
     return lines
+
+
+def _followed_words(followed: list[int], never_seen: list[int]) -> str:
+    """How to name the bytes dynamics followed: never seen, never drawn, or some of each."""
+    seen_not = set(never_seen)
+    n_seen = sum(t in seen_not for t in followed)
+    n_drawn = len(followed) - n_seen  # the rest: in the corpus but never drawn
+    if n_drawn == 0:
+        return f"the {len(followed)} never-seen bytes"
+    if n_seen == 0:
+        return f"the {len(followed)} never-drawn bytes"
+    return f"the {len(followed)} untouched bytes ({n_seen} never seen, {n_drawn} never drawn)"
 
 
 # ------------------------------------------------------------------ rendering
@@ -620,9 +632,11 @@ figcaption {{ font-size: .9em; color: #555; }}
 def _document(r: ReproduceResult, plots: dict[str, Path]) -> _Document:
     cfg = r.config
     doc = _Document("Black-hole tokens: a reproduction", r.out_dir)
+    start = ("every embedding row starting at one shared point" if cfg["sigma"] == 0
+             else "every embedding row starting at its own point, scattered around one shared centre")
     doc.para(
         f"A {cfg['layers']}-layer byte-level GPT (width {cfg['width']}) trained for {int(r.train.steps_done):,} steps on "
-        f"`{Path(cfg['corpus_path']).name}` with every embedding row starting at one shared point "
+        f"`{Path(cfg['corpus_path']).name}` with {start} "
         f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}). Every step was recorded and analysed "
         "exactly: identity means bit-for-bit identical rows."
     )

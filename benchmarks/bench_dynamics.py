@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from blackholes.dynamics import _fmt_ids, analyze
+    from blackholes.dynamics import analyze, format_ids
 
     tmp = None
     if args.recording:
@@ -134,7 +134,7 @@ def main() -> int:
         t0 = time.perf_counter()
         make_recording(path)
         print(f"generated {path.name} ({path.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t0:.1f} s")
-        tokens = _fmt_ids(UNTRAINED).replace(" ", "")
+        tokens = format_ids(UNTRAINED).replace(" ", "")
     print(f"load average: {open('/proc/loadavg').read().split()[:3]}  cpus: {os.cpu_count()}")
 
     result = analyze(path, tokens=tokens)

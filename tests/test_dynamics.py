@@ -282,6 +282,24 @@ def test_order_key_sorts_like_floats(values):
     assert np.array_equal(_order_key(keys).view(np.uint32), f.view(np.uint32))  # its own inverse
 
 
+def test_public_helpers_shared_with_reproduce():
+    from blackholes import report
+    from blackholes.dynamics import finite_or_none, format_bytes, format_ids, never_drawn_tokens
+
+    assert format_ids([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert format_bytes([65, 0, 32, 96, 300]) == "A \\x00 \\x20 \\x60 300"
+    assert format_bytes(list(range(65, 70)), limit=2) == "A B … (+3)"
+    meta = {"input_counts": [0, 0, 5, 0], "target_counts": [0, 0, 0, 2]}
+    assert never_drawn_tokens(meta, untrained=[0]) == [1]
+    assert never_drawn_tokens(meta, vocab=5) is None and never_drawn_tokens({}) is None
+    assert (finite_or_none(np.float32(2.5)), finite_or_none(np.nan), finite_or_none("x")) == (2.5, None, None)
+    # reproduce uses these very functions, not copies of its own
+    assert report.format_bytes is format_bytes and report.never_drawn_tokens is never_drawn_tokens
+    assert report.finite_or_none is finite_or_none
+    for copy in ("_fmt_tokens", "_never_drawn", "_finite", "_metadata"):
+        assert not hasattr(report, copy)
+
+
 def test_ranges_are_bounded_before_they_are_expanded():
     assert parse_tokens("0-3,10", vocab=16) == [0, 1, 2, 3, 10]
     with pytest.raises(BlackholesError, match="outside the vocabulary"):

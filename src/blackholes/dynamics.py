@@ -149,7 +149,9 @@ def analyze(
         at = rec.meta_json("interrupted_at_step")
         notes.append("the recording is incomplete (training was interrupted"
                      + (f" at step {at}" if at is not None else "") + "): it ends early")
-    never_drawn = _never_drawn_tokens(rec, untrained, notes)
+    never_drawn = never_drawn_tokens(rec.metadata, untrained, vocab=vocab)
+    if never_drawn is None and ("input_counts" in rec.metadata or "target_counts" in rec.metadata):
+        notes.append(f"ignored input_counts/target_counts metadata (not two lists of length {vocab})")
 
     U = np.asarray(untrained, dtype=np.intp)
     T = np.asarray(trained, dtype=np.intp)
@@ -420,23 +422,26 @@ def _read_corpus(path) -> bytes:
         raise BlackholesError(f"cannot read corpus {p}: {e.strerror or e}") from None
 
 
-def _never_drawn_tokens(rec: _Recording, untrained: list[int], notes: list[str]) -> list[int] | None:
+def never_drawn_tokens(metadata: dict, untrained: Iterable[int] = (), vocab: int | None = None) -> list[int] | None:
     """Tokens never drawn into a batch, neither as input nor as target, and not already untrained.
 
+    ``metadata`` is a recording's decoded metadata (``input_counts``, ``target_counts``);
+    None when it has no two count lists (of length ``vocab``, when given).
     With a tied embedding both roles push a row away from the hole: as an input its
     row receives the lookup gradient, as a target the ``-1`` of softmax-minus-one-hot.
     A token drawn in only one role still leaves, so the test is "never as input AND
     never as target".
+
+    >>> never_drawn_tokens({"input_counts": [0, 0, 5, 0], "target_counts": [0, 0, 0, 2]}, untrained=[0])
+    [1]
     """
-    inputs, targets = rec.meta_json("input_counts"), rec.meta_json("target_counts")
-    if inputs is None or targets is None:
+    inputs, targets = metadata.get("input_counts"), metadata.get("target_counts")
+    if not (isinstance(inputs, list) and isinstance(targets, list) and len(inputs) == len(targets)):
         return None
-    vocab = rec.shape[1]
-    if not (isinstance(inputs, list) and isinstance(targets, list) and len(inputs) == len(targets) == vocab):
-        notes.append(f"ignored input_counts/target_counts metadata (not two lists of length {vocab})")
+    if vocab is not None and len(inputs) != vocab:
         return None
     held = set(untrained)
-    return [t for t in range(vocab) if inputs[t] == 0 and targets[t] == 0 and t not in held]
+    return [t for t in range(len(inputs)) if inputs[t] == 0 and targets[t] == 0 and t not in held]
 
 
 # ---------------------------------------------------------------------------- per-step tracking
@@ -580,8 +585,17 @@ def _group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:
     return mean
 
 
-def _finite_or_none(x) -> float | None:
-    return float(x) if np.isfinite(x) else None
+def finite_or_none(x) -> float | None:
+    """``x`` as a float when it is a finite number, else None (for JSON and reports).
+
+    >>> finite_or_none(np.float32(2.5)), finite_or_none(float("nan")), finite_or_none("x")
+    (2.5, None, None)
+    """
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
 
 
 def _nanmax(x: np.ndarray) -> float:
@@ -609,8 +623,8 @@ def _freeze_summary(hole: dict, steps: np.ndarray, dtype: str) -> dict:
     moved = frac[1:]
     ulps = hole["update_ulps"][1:]
     return {
-        "update_ulps_median_first": _finite_or_none(ulps[0]) if ulps.size else None,
-        "update_ulps_median_last": _finite_or_none(ulps[-1]) if ulps.size else None,
+        "update_ulps_median_first": finite_or_none(ulps[0]) if ulps.size else None,
+        "update_ulps_median_last": finite_or_none(ulps[-1]) if ulps.size else None,
         "steps_median_update_below_1_ulp": int(np.count_nonzero(ulps < 1)),
         "dtype": dtype,
         "frozen_steps": [int(steps[i]) for i in frozen],
@@ -744,8 +758,12 @@ def _broken_link(r: DynamicsResult, step: int) -> str:
     return ""
 
 
-def _fmt_ids(ids: list[int]) -> str:
-    """[0,1,2,5,7,8] -> '0-2, 5, 7-8'."""
+def format_ids(ids: list[int]) -> str:
+    """Sorted ids as runs.
+
+    >>> format_ids([0, 1, 2, 5, 7, 8])
+    '0-2, 5, 7-8'
+    """
     parts, run = [], []
     for t in ids:
         if run and t == run[-1] + 1:
@@ -759,13 +777,24 @@ def _fmt_ids(ids: list[int]) -> str:
     return ", ".join(parts)
 
 
-def _fmt_bytes(ids: list[int]) -> str:
+def format_bytes(ids: list[int], limit: int = 256) -> str:
+    """Byte ids as readable characters, space-separated; unprintable bytes, the space and the
+    Markdown marks `` ` | * \\ `` as ``\\xNN``; ids beyond 255 as numbers.
+
+    >>> format_bytes([65, 0, 32, 300])
+    'A \\x00 \\x20 300'
+    """
     shown = []
-    for t in ids:
-        if t < 256:
-            c = chr(t)
-            shown.append(c if c.isprintable() and c != " " else f"\\x{t:02x}")
-    return " ".join(shown)
+    for t in ids[:limit]:
+        c = chr(t) if t < 256 else None
+        if c is not None and c.isprintable() and c not in " `|*\\":
+            shown.append(c)
+        elif t < 256:
+            shown.append(f"\\x{t:02x}")
+        else:
+            shown.append(str(t))
+    more = f" … (+{len(ids) - limit})" if len(ids) > limit else ""
+    return " ".join(shown) + more
 
 
 def _render_report(r: DynamicsResult) -> str:
@@ -782,9 +811,9 @@ def _render_report(r: DynamicsResult) -> str:
            "metadata": "never_seen ids in the recording's metadata"}[r.untrained_source]
     lines += [f"  Trained: {len(r.trained_tokens)} tokens",
               f"  Untrained (black hole): {len(r.untrained_tokens)} tokens ({src})",
-              f"    ids: {_fmt_ids(r.untrained_tokens)}"]
+              f"    ids: {format_ids(r.untrained_tokens)}"]
     if vocab <= 256:
-        lines.append(f"    bytes: {_fmt_bytes(r.untrained_tokens)}")
+        lines.append(f"    bytes: {format_bytes(r.untrained_tokens)}")
     lines.append("  Identity is decided on the raw bits; distances are exact (direct differences in float64, "
                  "mean over distinct pairs).")
     for note in r.notes:
@@ -876,7 +905,7 @@ def _render_report(r: DynamicsResult) -> str:
                 "leave the hole: " + ", ".join(f"{q} differ from step {s}" for q, s in nd["first_divergence"].items()
                                               if s is not None))
             body.append(f"  Tokens in the corpus but never drawn into a batch: {len(r.never_drawn_tokens)} "
-                        f"({_fmt_ids(r.never_drawn_tokens)}); they {stays}")
+                        f"({format_ids(r.never_drawn_tokens)}); they {stays}")
     section(f"EVERY STEP ({n} recorded steps)", body)
 
     ok = r.identical_all_steps

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .dynamics import finite_or_none, format_bytes, never_drawn_tokens
 from .errors import BlackholesError
+from .recording import decode_metadata
 
 # Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps
 # the run (training + every analysis) under a minute on a 2-core machine while the
@@ -114,7 +116,7 @@ class ReproduceResult:
             "train": {
                 "steps_done": int(self.train.steps_done),
                 "seconds": float(self.train.seconds),
-                "final_loss": _finite(self.train.final_loss),
+                "final_loss": finite_or_none(self.train.final_loss),
                 "interrupted": bool(self.train.interrupted),
             },
             "scan": {
@@ -215,7 +217,7 @@ def reproduce(
     header = read_header(files["recording"])
     emb = open_tensor(files["recording"], "embeddings", header)
     emb_dtype = header.tensors["embeddings"].dtype
-    meta = _metadata(header.metadata)
+    meta = decode_metadata(header.metadata)
     initial = scan(np.asarray(emb[0]), dtype=emb_dtype)
     final = scan(np.asarray(emb[-1]), dtype=emb_dtype)
     for which, result in (("initial", initial), ("final", final)):
@@ -226,7 +228,7 @@ def reproduce(
     seconds["scan"] = time.perf_counter() - t
 
     never_seen = sorted(int(t) for t in (meta.get("never_seen") or trained.never_seen or []))
-    never_drawn = _never_drawn(meta, never_seen)
+    never_drawn = never_drawn_tokens(meta, never_seen) or []
     hole = _hole_tokens(final, never_seen + never_drawn)
     checks = _checks(sigma, initial, final, never_seen, never_drawn, hole, meta, emb.shape[1])
     say(f"      initial: {_groups_line(initial)}; final: {_groups_line(final)}")
@@ -347,25 +349,6 @@ def versions(blackholes_version: str) -> dict[str, str]:
 # ------------------------------------------------------------------ the findings
 
 
-def _metadata(raw: dict[str, str]) -> dict:
-    out = {}
-    for k, v in raw.items():
-        try:
-            out[k] = json.loads(v)
-        except (TypeError, json.JSONDecodeError):
-            out[k] = v
-    return out
-
-
-def _never_drawn(meta: dict, never_seen: list[int]) -> list[int]:
-    """Bytes in the corpus that the run never drew, neither as input nor as target."""
-    inputs, targets = meta.get("input_counts"), meta.get("target_counts")
-    if not isinstance(inputs, list) or not isinstance(targets, list) or len(inputs) != len(targets):
-        return []
-    seen = set(never_seen)
-    return [t for t in range(len(inputs)) if inputs[t] == 0 and targets[t] == 0 and t not in seen]
-
-
 def _hole_tokens(final, expected: list[int]) -> list[int]:
     """Tokens of every final group that holds an expected token (usually exactly one group)."""
     ids = np.asarray(final.black_hole_id)
@@ -395,7 +378,7 @@ def _checks(sigma, initial, final, never_seen, never_drawn, hole, meta, vocab) -
             extra = sorted(set(hole) - set(expected))
             out.append(Check(
                 "no byte the run drew stays in the hole", not extra,
-                "none" if not extra else f"drawn but still in the hole: {_fmt_tokens(extra)}",
+                "none" if not extra else f"drawn but still in the hole: {format_bytes(extra)}",
             ))
     else:
         apart = initial.black_hole_tokens == 0
@@ -658,10 +641,10 @@ def _document(r: ReproduceResult, plots: dict[str, Path]) -> _Document:
     doc.table(
         ["token set", "count", "bytes"],
         [
-            ["never seen in the corpus (`never_seen`)", len(r.never_seen), _fmt_tokens(r.never_seen) or "–"],
+            ["never seen in the corpus (`never_seen`)", len(r.never_seen), format_bytes(r.never_seen) or "–"],
             ["in the corpus but never drawn (input and target counts 0)", len(r.never_drawn),
-             _fmt_tokens(r.never_drawn) or "–"],
-            ["the final black hole", len(r.hole_tokens), _fmt_tokens(r.hole_tokens) or "–"],
+             format_bytes(r.never_drawn) or "–"],
+            ["the final black hole", len(r.hole_tokens), format_bytes(r.hole_tokens) or "–"],
         ],
     )
 
@@ -766,24 +749,9 @@ def _config_json(config, corpus_path: Path) -> dict:
     return json.loads(json.dumps(out, default=str))
 
 
-def _fmt_tokens(ids: list[int], limit: int = 256) -> str:
-    """Byte ids as readable characters: ``Z``, ``\\x00``; ids beyond 255 as numbers."""
-    shown = []
-    for t in ids[:limit]:
-        c = chr(t) if t < 256 else None
-        if c is not None and c.isprintable() and c not in " `|*\\":
-            shown.append(c)
-        elif t < 256:
-            shown.append(f"\\x{t:02x}")
-        else:
-            shown.append(str(t))
-    more = f" … (+{len(ids) - limit})" if len(ids) > limit else ""
-    return " ".join(shown) + more
-
-
 def _code_tokens(ids: list[int], limit: int = 12) -> str:
     """A few byte ids as code spans: `(` `)`."""
-    shown = " ".join(f"`{t}`" for t in _fmt_tokens(ids[:limit]).split(" "))
+    shown = " ".join(f"`{t}`" for t in format_bytes(ids[:limit]).split(" "))
     return shown + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
 
 
@@ -798,14 +766,6 @@ def _scan_brief(s) -> dict:
         "black_hole_tokens": int(s.black_hole_tokens),
         "group_sizes": [int(g.size) for g in s.groups],
     }
-
-
-def _finite(x):
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if np.isfinite(x) else None
 
 
 def _write_json(path: Path, obj) -> None:

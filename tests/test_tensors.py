@@ -220,13 +220,49 @@ def test_no_lm_head_means_tied(tmp_path):
     assert m.key == "model.embed_tokens.weight" and "no separate lm_head" in m.note
 
 
-def test_sharded_reads_only_the_shard_holding_the_key(tmp_path):
-    make_model(tmp_path / "m", tied=False, sharded=True)
-    # Corrupt the shard the output matrix is not in: it must never be opened.
-    (tmp_path / "m" / "model-00001-of-00002.safetensors").write_bytes(b"garbage")
-    assert load_matrix(tmp_path / "m").key == "lm_head.weight"
+def test_sharded_reads_only_the_shards_it_needs(tmp_path):
+    embed, head = make_model(tmp_path / "m", tied=False, sharded=True)
+    # Move model.norm.weight to a third shard and corrupt it: it must never be opened.
+    index = tmp_path / "m" / "model.safetensors.index.json"
+    doc = json.loads(index.read_text())
+    doc["weight_map"]["model.norm.weight"] = "model-extra.safetensors"
+    index.write_text(json.dumps(doc))
+    (tmp_path / "m" / "model-extra.safetensors").write_bytes(b"garbage")
+    np.testing.assert_array_equal(load_matrix(tmp_path / "m").array, head)
+    np.testing.assert_array_equal(load_matrix(tmp_path / "m", matrix="input").array, embed)
     with pytest.raises(BlackholesError, match="not a safetensors file"):
-        load_matrix(tmp_path / "m", matrix="input")
+        load_matrix(tmp_path / "m", key="model.norm.weight")
+
+
+def test_generic_names_inside_layers_are_not_taken(tmp_path):
+    """RWKV-style layers end in "output.weight": never the output matrix by accident."""
+    layer = {"blocks.0.attention.output.weight": rows(5, D, D), "decoder.output.weight": rows(6),
+             "encoder.block.1.shared.weight": rows(7)}
+    folder = tmp_path / "m"
+    folder.mkdir()
+    save_file({"model.embed_tokens.weight": rows(1), **layer}, str(folder / "model.safetensors"))
+    m = load_matrix(folder)
+    assert m.key == "model.embed_tokens.weight" and "no separate lm_head" in m.note
+    save_file({"transformer.wte.weight": rows(1), **layer}, str(tmp_path / "f.safetensors"))
+    assert load_matrix(tmp_path / "f.safetensors").key == "transformer.wte.weight"
+    with pytest.raises(BlackholesError, match="no output embedding with a known name"):
+        load_matrix(tmp_path / "f.safetensors", matrix="output")
+    # a wrapper's prefix (not a numbered layer) is still seen through
+    save_file({"vlm.text.transformer.wte.weight": rows(1), **layer}, str(folder / "model.safetensors"))
+    assert load_matrix(folder).key == "vlm.text.transformer.wte.weight"
+
+
+@pytest.mark.parametrize("in_folder", [False, True])
+def test_output_matrix_must_have_one_row_per_token(tmp_path, in_folder):
+    weights = {"model.embed_tokens.weight": rows(1), "lm_head.weight": rows(2, n=V + 4)}
+    path = tmp_path / "model.safetensors"
+    save_file(weights, str(path))
+    source = tmp_path if in_folder else path
+    with pytest.raises(BlackholesError, match=r"'lm_head.weight' \(shape \[16, 8\]\) does not have the input "
+                       r"embedding 'model.embed_tokens.weight''s 12 rows.*--key"):
+        load_matrix(source)
+    assert load_matrix(source, matrix="input").key == "model.embed_tokens.weight"
+    assert load_matrix(source, key="lm_head.weight").shape == (V + 4, D)
 
 
 def test_key_in_sharded_model(tmp_path):

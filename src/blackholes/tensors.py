@@ -237,7 +237,8 @@ def bf16_from_float32(array: np.ndarray) -> np.ndarray:
 # which file, and which tokenizer.json belongs to it.
 
 # Input embeddings, most common first. Exact names; _find_named also accepts
-# any key that ends with one of these after a prefix (e.g. "language_model.").
+# a key that ends with one of these after a wrapper's prefix (e.g. "language_model."),
+# except for the names generic enough to occur inside a layer (_EXACT_ONLY).
 INPUT_EMBEDDING_NAMES = (
     "model.embed_tokens.weight",  # Llama, Qwen, Mistral, Gemma, Phi-3, OPT-style decoders
     "transformer.wte.weight",  # GPT-2, GPT-J, Falcon-old, StarCoder
@@ -334,20 +335,43 @@ def _check_2d(info: TensorInfo, path: Path) -> None:
         raise BlackholesError(f"tensor {info.name!r} in {path} is empty (shape {list(info.shape)})")
 
 
+# Names that also occur inside layers (RWKV's "blocks.3.attention.output.weight"):
+# matched only exactly, like the bare names ("embeddings", "gamma").
+_EXACT_ONLY = frozenset({"output.weight", "shared.weight"})
+
+
 def _find_named(keys, names) -> str | None:
-    """The first of ``names`` present in ``keys``, exactly, else as a dotted suffix."""
+    """The first of ``names`` present in ``keys``: exactly, else after a wrapper's prefix
+    that is not inside a numbered layer (``language_model.`` yes, ``blocks.3.`` no)."""
     keys = list(keys)
     present = set(keys)
     for name in names:
         if name in present:
             return name
     for name in names:
-        if "." not in name:
-            continue  # bare names like "embeddings" only match exactly
-        hits = sorted(k for k in keys if k.endswith("." + name))
+        if "." not in name or name in _EXACT_ONLY:
+            continue
+        hits = sorted(k for k in keys if k.endswith("." + name) and not _in_a_layer(k[: -len(name) - 1]))
         if hits:
             return hits[0]
     return None
+
+
+def _in_a_layer(prefix: str) -> bool:
+    return any(part.isdigit() for part in prefix.split("."))
+
+
+def _check_rows(output: str, input: str | None, shape_of, where) -> None:
+    """An output matrix has one row per token, like the input embedding: refuse a pick that does not."""
+    if input is None or input == output:
+        return
+    rows_out, rows_in = shape_of(output)[:1], shape_of(input)[:1]
+    if rows_out != rows_in:
+        raise BlackholesError(
+            f"{output!r} (shape {list(shape_of(output))}) does not have the input embedding {input!r}'s "
+            f"{rows_in[0] if rows_in else 0:,} rows, so it is not taken as the output matrix of {where}; "
+            f"pick one with --key"
+        )
 
 
 def _load_from_file(path: Path, key: str | None, matrix: str | None) -> Matrix:
@@ -392,6 +416,9 @@ def _pick_in_file(header: Header, matrix: str | None) -> tuple[str, str]:
         names = OUTPUT_EMBEDDING_NAMES + INPUT_EMBEDDING_NAMES
     found = _find_named(two_d, names)
     if found is not None:
+        if matrix != "input" and found == _find_named(two_d, OUTPUT_EMBEDDING_NAMES):
+            _check_rows(found, _find_named(two_d, INPUT_EMBEDDING_NAMES), lambda k: header.tensors[k].shape,
+                        header.path)
         return found, "well-known name"
     if not header.tensors:
         raise BlackholesError(f"no tensors in {header.path}")
@@ -452,14 +479,11 @@ def _load_from_folder(folder: Path, key: str | None, matrix: str | None) -> Matr
     if key is not None:
         note = "--key"
     else:
-        key, note = _pick_in_model(keys, config, matrix, folder)
+        key, note = _pick_in_model(keys, config, matrix, folder, _shape_reader(folder, weight_map, single))
     if weight_map is not None:
         if key not in weight_map:
             raise BlackholesError(f"tensor {key!r} not found in {index}; keys: {_short_list(keys)}")
-        shard = weight_map[key]
-        if not isinstance(shard, str) or not shard:
-            raise BlackholesError(f"corrupt weight_map in {index}: {key!r} maps to {shard!r}, not a file name")
-        path = folder / shard  # the one shard holding it
+        path = folder / _shard_name(weight_map, key, folder)  # the one shard holding it
     else:
         path = single
     header = read_header(path)
@@ -478,17 +502,36 @@ def _load_from_folder(folder: Path, key: str | None, matrix: str | None) -> Matr
     )
 
 
+def _shard_name(weight_map: dict, key: str, folder: Path) -> str:
+    shard = weight_map[key]
+    if not isinstance(shard, str) or not shard:
+        index = folder / "model.safetensors.index.json"
+        raise BlackholesError(f"corrupt weight_map in {index}: {key!r} maps to {shard!r}, not a file name")
+    return shard
+
+
 def _short_list(keys, n: int = 30) -> str:
     keys = list(keys)
     return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
 
 
-def _pick_in_model(keys, config: dict, matrix: str | None, folder: Path) -> tuple[str, str]:
+def _shape_reader(folder: Path, weight_map: dict | None, single: Path):
+    """``shape_of(key)``, reading only the header of the file holding ``key``."""
+
+    def shape_of(key: str) -> tuple[int, ...]:
+        path = single if weight_map is None else folder / _shard_name(weight_map, key, folder)
+        return _tensor_info(read_header(path), key).shape
+
+    return shape_of
+
+
+def _pick_in_model(keys, config: dict, matrix: str | None, folder: Path, shape_of) -> tuple[str, str]:
     matrix = matrix or "output"
     tied = _is_tied(config)
     if matrix == "output" and not tied:
         found = _find_named(keys, OUTPUT_EMBEDDING_NAMES)
         if found is not None:
+            _check_rows(found, _find_named(keys, INPUT_EMBEDDING_NAMES), shape_of, folder)
             return found, "output matrix"
     found = _find_named(keys, INPUT_EMBEDDING_NAMES)
     if found is not None:

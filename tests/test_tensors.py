@@ -345,6 +345,19 @@ def test_model_id_revision_and_missing_ref(tmp_path, monkeypatch):
     assert load_matrix("org/tiny@bbbb").path.parent.name == "bbbb"
 
 
+def test_model_id_at_a_revision_not_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    make_cache(tmp_path / "hub", revision="aaaa")  # refs/main -> aaaa
+    make_cache(tmp_path / "hub", revision="bbbb", ref=False)
+    with pytest.raises(BlackholesError) as e:
+        load_matrix("org/tiny@v2")
+    text = str(e.value)
+    assert "org/tiny is in the local Hugging Face cache" in text and "not at revision 'v2'" in text
+    assert "snapshots aaaa, bbbb; refs main -> aaaa" in text and "\n" not in text
+    assert load_matrix("org/tiny@main").path.parent.name == "aaaa"
+    assert load_matrix("org/tiny@bbbb").path.parent.name == "bbbb"
+
+
 def test_model_id_not_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(BlackholesError, match=r"not in the local Hugging Face cache.*nothing is downloaded"):

@@ -590,7 +590,13 @@ def _cached_snapshot(model_id: str) -> Path:
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     snaps = sorted(p for p in (repo / "snapshots").glob("*") if p.is_dir()) if repo.is_dir() else []
     if revision:
-        snaps = [p for p in snaps if p.name == revision]
+        matching = [p for p in snaps if p.name == revision]
+        if not matching and snaps:
+            raise BlackholesError(
+                f"{repo_id} is in the local Hugging Face cache ({cache}) but not at revision {revision!r}; "
+                f"cached: {_cached_revisions(repo, snaps)} (nothing is downloaded)"
+            )
+        snaps = matching
     if len(snaps) == 1:
         return snaps[0]
     if len(snaps) > 1:
@@ -602,6 +608,20 @@ def _cached_snapshot(model_id: str) -> Path:
         f"not a file or folder, and not in the local Hugging Face cache ({cache}): {model_id} "
         f"(nothing is downloaded; set HF_HUB_CACHE or HF_HOME, or pass a path)"
     )
+
+
+def _cached_revisions(repo: Path, snaps: list[Path]) -> str:
+    """ "snapshots abc, def; refs main -> abc" for one cached repository."""
+    refs = []
+    if (repo / "refs").is_dir():
+        for ref in sorted(p for p in (repo / "refs").rglob("*") if p.is_file()):
+            try:
+                target = ref.read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError):
+                target = "?"
+            refs.append(f"{ref.relative_to(repo / 'refs').as_posix()} -> {target}")
+    text = "snapshots " + ", ".join(p.name for p in snaps)
+    return text + ("; refs " + ", ".join(refs) if refs else "; no refs")
 
 
 # ---------------------------------------------------------------------------- writing

@@ -218,3 +218,33 @@ def test_one_column_matrix_is_a_clear_error(tmp_path, capsys):
     assert captured.err.startswith("blackholes: error: ") and captured.err.count("\n") == 1
     assert "2 columns for a 2-D projection, got shape [300, 1]" in captured.err and captured.out == ""
     assert not (tmp_path / "m.png").exists()
+
+
+def test_ids_from_mask_groups_raw_bits_with_scan_find_groups(monkeypatch):
+    """Group ids of a mask without black_hole_id: scan's grouping, checked against a tobytes() dict."""
+    import blackholes.scan
+    from blackholes.density import _ids_from_mask
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((400, 6)).astype(np.float32)
+    x[10:40] = x[10]
+    x[50:70] = x[50]
+    x[80:100] = x[80]  # ties with the group at 50: the smaller first row gets the smaller id
+    x[120, 0], x[121, 0] = 0.0, -0.0  # equal in value, different bits: two groups of one
+    x[121, 1:] = x[120, 1:]
+    mask = np.zeros(400, bool)
+    mask[5:130] = True
+    calls = []
+    real = blackholes.scan.find_groups
+    monkeypatch.setattr(blackholes.scan, "find_groups", lambda a, **kw: calls.append(a.shape) or real(a, **kw))
+    ids = _ids_from_mask(x, mask)
+    assert calls == [(125, 6)]  # one call, on the masked rows only
+
+    by_bits: dict[bytes, list[int]] = {}
+    for r in np.flatnonzero(mask):
+        by_bits.setdefault(x[r].tobytes(), []).append(int(r))
+    expected_groups = sorted(by_bits.values(), key=lambda g: (-len(g), g[0]))
+    assert [len(g) for g in expected_groups[:3]] == [30, 20, 20]
+    for gid, rows in enumerate(expected_groups, start=1):
+        assert (ids[rows] == gid).all()
+    assert (ids[~mask] == 0).all() and ids[120] != ids[121]

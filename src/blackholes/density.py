@@ -479,19 +479,26 @@ def default_bins(rows: int) -> int:
 
 
 def _ids_from_mask(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Group ids for masked rows by their raw bytes (a mask file without ``black_hole_id``)."""
+    """Group ids for masked rows by their raw bits (a mask file without ``black_hole_id``).
+
+    Id 1 = largest group of identical masked rows (ties: smallest row first, as
+    :func:`blackholes.scan.find_groups` orders them); masked rows that match no
+    other masked row follow, one id each, in row order.
+
+    >>> _ids_from_mask(np.array([[1], [2], [1], [3]], np.float32), np.array([True, True, True, False]))
+    array([1, 2, 1, 0])
+    """
+    from .scan import find_groups
+
     ids = np.zeros(mask.shape[0], dtype=np.int64)
     rows = np.flatnonzero(mask)
     if len(rows) == 0:
         return ids
-    raw = np.ascontiguousarray(array[rows])
-    raw = raw.view(np.dtype((np.void, raw.dtype.itemsize * raw.shape[1]))).ravel()
-    _, inverse, counts = np.unique(raw, return_inverse=True, return_counts=True)
-    # id 1 = largest group, ties by first row
-    order = sorted(range(len(counts)), key=lambda g: (-counts[g], int(np.argmax(inverse == g))))
-    rank = np.empty(len(counts), dtype=np.int64)
-    rank[order] = np.arange(1, len(counts) + 1)
-    ids[rows] = rank[inverse.ravel()]
+    groups = find_groups(np.ascontiguousarray(array[rows]))
+    for gid, members in enumerate(groups, start=1):
+        ids[rows[members]] = gid
+    alone = rows[ids[rows] == 0]
+    ids[alone] = np.arange(len(groups) + 1, len(groups) + 1 + len(alone))
     return ids
 
 

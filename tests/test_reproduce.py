@@ -87,20 +87,24 @@ def test_markdown_matches_html(run):
 
 
 def test_scan_json_agrees_with_an_independent_scan(run):
-    from blackholes.scan import scan
-    from blackholes.tensors import open_tensor, read_header
-
+    """The scan JSONs against a brute-force grouping of the recorded matrices' rows by their bytes."""
     result, out, _ = run
-    header = read_header(out / "recording.safetensors")
-    emb = open_tensor(out / "recording.safetensors", "embeddings", header)
-    dtype = header.tensors["embeddings"].dtype
-    assert emb.shape[0] == STEPS + 1
+    raw = (out / "recording.safetensors").read_bytes()  # read by hand: no blackholes reader involved
+    n = int.from_bytes(raw[:8], "little")
+    info = json.loads(raw[8:8 + n])["embeddings"]
+    begin, end = info["data_offsets"]
+    steps, vocab, _ = info["shape"]
+    emb = np.frombuffer(raw[8 + n + begin:8 + n + end], np.uint8).reshape(steps, vocab, -1)  # each row's bytes
+    assert steps == STEPS + 1
     for which, index in (("initial", 0), ("final", -1)):
+        by_bytes: dict[bytes, list[int]] = {}
+        for row, vector in enumerate(emb[index]):
+            by_bytes.setdefault(vector.tobytes(), []).append(row)
+        groups = sorted((g for g in by_bytes.values() if len(g) >= 2), key=lambda g: (-len(g), g[0]))
         doc = json.loads((out / f"scan_{which}.json").read_text())
-        fresh = scan(np.array(emb[index]), dtype=dtype)
-        assert doc["unique_vectors"] == fresh.unique_vectors
-        assert doc["black_hole_tokens"] == fresh.black_hole_tokens
-        assert [g["token_ids"] for g in doc["groups"]] == [g.token_ids for g in fresh.groups]
+        assert doc["unique_vectors"] == len(by_bytes)
+        assert doc["black_hole_tokens"] == sum(len(g) for g in groups)
+        assert [g["token_ids"] for g in doc["groups"]] == groups
 
 
 def test_masks_are_readable_as_the_notebooks_read_them(run):

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
+from _helpers import planted
+
 import blackholes
 from blackholes import scan as scan_module
 from blackholes.errors import BlackholesError
@@ -29,17 +31,6 @@ def reference(array: np.ndarray) -> list[list[int]]:
 
 def as_lists(groups) -> list[list[int]]:
     return [g.tolist() for g in groups]
-
-
-def planted(n=300, d=40, dtype=np.float32, seed=0, sizes=(7, 5, 5, 2)):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d)).astype(dtype)
-    picks = rng.permutation(n)[: sum(sizes)]
-    start = 0
-    for size in sizes:
-        x[picks[start : start + size]] = x[picks[start]]
-        start += size
-    return x
 
 
 # ---------------------------------------------------------------------------- exactness

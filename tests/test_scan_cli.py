@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -10,21 +11,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from _helpers import planted
 from safetensors.numpy import save_file
 
 from blackholes.cli import main
 from blackholes.errors import BlackholesError
 
 
-def planted(n=64, d=16, seed=0, sizes=(4, 2)):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    picks = rng.permutation(n)[: sum(sizes)]
-    start = 0
-    for size in sizes:
-        x[picks[start : start + size]] = x[picks[start]]
-        start += size
-    return x
+planted = functools.partial(planted, n=64, d=16, sizes=(4, 2))  # small: one line of output per group
 
 
 @pytest.fixture

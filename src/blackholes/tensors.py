@@ -183,12 +183,7 @@ def open_tensor(path: str | os.PathLike, key: str, header: Header | None = None)
     >>> emb = open_tensor("run.safetensors", "embeddings")   # (steps+1, V, D)
     """
     header = header or read_header(path)
-    try:
-        info = header.tensors[key]
-    except KeyError:
-        keys = ", ".join(sorted(header.tensors)) or "(none)"
-        raise BlackholesError(f"tensor {key!r} not found in {header.path}; keys: {keys}") from None
-    return map_tensor(header.path, info)
+    return map_tensor(header.path, _tensor_info(header, key))
 
 
 def map_tensor(path: str | os.PathLike, info: TensorInfo) -> np.ndarray:
@@ -380,14 +375,19 @@ def _load_from_file(path: Path, key: str | None, matrix: str | None) -> Matrix:
         key, note = _pick_in_file(header, matrix)
     else:
         note = "--key"
+    return _matrix(header, key, folder=path.parent, matrix=matrix, note=note)
+
+
+def _matrix(header: Header, key: str, *, folder: Path, matrix: str | None, note: str) -> Matrix:
+    """Memory-map ``key`` as a 2-D Matrix, with the tokenizer.json found in ``folder``."""
     info = _tensor_info(header, key)
-    _check_2d(info, path)
-    tok = path.parent / "tokenizer.json"
+    _check_2d(info, header.path)
+    tok = folder / "tokenizer.json"
     return Matrix(
-        array=map_tensor(path, info),
+        array=map_tensor(header.path, info),
         dtype=info.dtype,
-        source=str(path),
-        path=path,
+        source=str(header.path),  # load_matrix replaces it with the source as given
+        path=header.path,
         key=key,
         tokenizer=tok if tok.is_file() else None,
         matrix=matrix,
@@ -396,6 +396,7 @@ def _load_from_file(path: Path, key: str | None, matrix: str | None) -> Matrix:
 
 
 def _tensor_info(header: Header, key: str) -> TensorInfo:
+    """``header.tensors[key]``, or an error that lists the keys there are."""
     try:
         return header.tensors[key]
     except KeyError:
@@ -486,20 +487,7 @@ def _load_from_folder(folder: Path, key: str | None, matrix: str | None) -> Matr
         path = folder / _shard_name(weight_map, key, folder)  # the one shard holding it
     else:
         path = single
-    header = read_header(path)
-    info = _tensor_info(header, key)
-    _check_2d(info, path)
-    tok = folder / "tokenizer.json"
-    return Matrix(
-        array=map_tensor(path, info),
-        dtype=info.dtype,
-        source=str(folder),
-        path=path,
-        key=key,
-        tokenizer=tok if tok.is_file() else None,
-        matrix=matrix or "output",
-        note=note,
-    )
+    return _matrix(read_header(path), key, folder=folder, matrix=matrix or "output", note=note)
 
 
 def _shard_name(weight_map: dict, key: str, folder: Path) -> str:

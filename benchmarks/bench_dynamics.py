@@ -140,6 +140,11 @@ def main() -> int:
     result = analyze(path, tokens=tokens)
     untrained = result.untrained_tokens
     print(f"recording: {result.shape}, {result.dtype}; {len(untrained)} untrained; rigid body: {result.rigid_body}")
+    if not args.recording:  # the generated hole shares one point and one gradient at every step, by construction
+        assert result.rigid_body, f"expected a rigid body on the generated recording: {result.verdict}"
+        assert untrained == UNTRAINED and result.identical_all_steps == dict.fromkeys(
+            ("logits", "grads", "positions"), True), result.identical_all_steps
+        assert result.trained_first_divergence["positions"] == 1, result.trained_first_divergence
 
     t_api = time_best(lambda: analyze(path, tokens=tokens), args.repeat)
     cli = [sys.executable, "-m", "blackholes", "dynamics", str(path), "--quiet"]

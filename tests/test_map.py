@@ -248,3 +248,22 @@ def test_ids_from_mask_groups_raw_bits_with_scan_find_groups(monkeypatch):
     for gid, rows in enumerate(expected_groups, start=1):
         assert (ids[rows] == gid).all()
     assert (ids[~mask] == 0).all() and ids[120] != ids[121]
+
+
+def test_map_panels_leave_room_between_colorbar_label_and_norm_label(monkeypatch):
+    """The middle colorbar's label and the norm panel's y-label must not crowd each other."""
+    import blackholes.plots as plots
+
+    x, mask = _planted(V=2000, D=16)
+    m = density_map(x, mask=mask)
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig))
+    plots.plot_density_map(m, "unused.png")
+    fig = figures[0]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    norms = fig.axes[2]
+    colorbar = [a for a in fig.axes if a.get_ylabel().startswith("tokens per bin (log scale; white")][1]
+    gap = (norms.yaxis.label.get_window_extent(renderer).x0
+           - colorbar.yaxis.label.get_window_extent(renderer).x1) / fig.dpi
+    assert gap >= 0.3, f"only {gap:.2f} inch between the labels"

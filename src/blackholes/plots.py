@@ -83,6 +83,8 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
     has_mask = dmap.masked is not None
     ncols = 3 if has_mask else 2
     fig, axes = plt.subplots(1, ncols, figsize=(6.2 * ncols, 5.4), layout="constrained")
+    # room between panels: a colorbar's label must not touch the next panel's y-label
+    fig.get_layout_engine().set(wspace=0.06)
     V, D = dmap.shape
     n_bh = dmap.black_hole_tokens
 

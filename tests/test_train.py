@@ -363,6 +363,16 @@ def test_compiled_default_path_keeps_the_hole(corpus, tmp_path):
         assert all_rows_identical(data[key], result.never_seen), key
 
 
+def test_compiled_run_compiles_once(corpus, tmp_path):
+    """The probe in _compile_step compiles for the loop's exact inputs: no second compilation at step 1."""
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    config = small(corpus, compile=True, steps=3, width=24, heads=3)  # a shape no other test compiles
+    assert train(config, tmp_path / "r.safetensors", progress=False).compiled
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+
+
 def test_without_a_working_compiler_training_falls_back_to_eager(corpus, tmp_path, monkeypatch):
     def broken_compile(fn, **kw):
         def call(*a):

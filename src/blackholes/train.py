@@ -430,9 +430,12 @@ def _compile_step(model, config: TrainConfig, progress: bool):
     if _COMPILED_STEP is None:
         _COMPILED_STEP = torch.compile(_step, fullgraph=True, dynamic=False)
     probe = copy.deepcopy(model)
-    example = torch.zeros((config.batch, config.context), dtype=torch.long)
+    # Shaped and strided like the loop's inputs and targets (two views of one
+    # window): a plain [batch, context] tensor fails dynamo's stride guards at the
+    # first real step, which then pays for a second compilation.
+    windows = torch.zeros((config.batch, config.context + 1), dtype=torch.long)
     try:
-        loss, _ = _COMPILED_STEP(probe, example, example)
+        loss, _ = _COMPILED_STEP(probe, windows[:, :-1], windows[:, 1:])
         loss.backward()
     except Exception as e:  # no compiler, unsupported platform, ...: eager is slower but exact
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]

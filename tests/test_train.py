@@ -398,9 +398,14 @@ def test_compiled_run_compiles_once(corpus, tmp_path):
     """The probe in _compile_step compiles for the loop's exact inputs: no second compilation at step 1."""
     from torch._dynamo.utils import counters
 
+    before = train(small(corpus, compile=True, steps=6), tmp_path / "a.safetensors", progress=False).path
     graphs = counters["stats"]["unique_graphs"]
     config = small(corpus, compile=True, steps=3, width=24, heads=3)  # a shape no other test compiles
     assert train(config, tmp_path / "r.safetensors", progress=False).compiled
+    assert counters["stats"]["unique_graphs"] == graphs + 1
+    # The loop skips dynamo's guard checks: with two shapes compiled, each run must still get its own graph.
+    after = train(small(corpus, compile=True, steps=6), tmp_path / "b.safetensors", progress=False).path
+    assert after.read_bytes() == before.read_bytes()
     assert counters["stats"]["unique_graphs"] == graphs + 1
 
 

@@ -23,6 +23,7 @@ of the step's (first) sequence, computed *before* the update, and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -42,6 +43,7 @@ from .errors import BlackholesError
 DTYPES = ("bf16", "fp32")
 _SAFETENSORS_NAME = {"bf16": "BF16", "fp32": "F32"}
 _RING = 64  # records buffered in memory between writes to disk
+_WINDOW_BLOCK = 1024  # training windows cut from the corpus at a time
 
 
 def default_corpus_path() -> Path:
@@ -319,6 +321,13 @@ def train(
         extra = {"threads": torch.get_num_threads(), "compiled": compiled}
         tokens_t = torch.from_numpy(tokens)
         offsets = torch.arange(config.context + 1)
+        # Skip dynamo's per-call guard checks (~0.1 ms: hundreds of tensor checks) in
+        # the loop: every call has the model and input shapes that the probe in
+        # _compile_step has just compiled for, so no guard could fail.
+        if compiled:
+            fast_guards = lambda: torch.compiler.set_stance(skip_guard_eval_unsafe=True)  # noqa: E731
+        else:
+            fast_guards = contextlib.nullcontext
         pbar = _progress_bar(config.steps, progress)
         done, last_loss, loss_value, interrupted = 0, None, float("nan"), False
         with atomic_path(out) as tmp:
@@ -334,8 +343,12 @@ def train(
                 ring["losses"][slot] = float("nan")
                 recorder.commit()
                 for step in range(1, config.steps + 1):
-                    windows = tokens_t[torch.from_numpy(starts[step - 1])[:, None] + offsets]
-                    loss, last_logits = step_fn(model, windows[:, :-1], windows[:, 1:])
+                    if (step - 1) % _WINDOW_BLOCK == 0:  # cut the next block of windows in one go
+                        block = torch.from_numpy(starts[step - 1 : step - 1 + _WINDOW_BLOCK])
+                        block_windows = tokens_t[block[:, :, None] + offsets]
+                    windows = block_windows[(step - 1) % _WINDOW_BLOCK]
+                    with fast_guards():
+                        loss, last_logits = step_fn(model, windows[:, :-1], windows[:, 1:])
                     loss.backward()
                     record = is_recorded[step]
                     if record:

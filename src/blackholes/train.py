@@ -23,7 +23,6 @@ of the step's (first) sequence, computed *before* the update, and
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import math
@@ -297,8 +296,14 @@ def train(
         model.to(dtype)  # rounds the rows c + sigma*eps to the training dtype once
         W = model.embedding
         params = list(model.parameters())
-        assert params[0] is W  # the recorder reads W's optimizer state at index 0
-        optimizer = _FusedAdamW(params, config)
+        optimizer = torch.optim.AdamW(
+            params,
+            lr=config.lr,
+            betas=(config.beta1, config.beta2),
+            eps=config.eps,
+            weight_decay=config.weight_decay,
+            fused=True,  # one kernel for all parameters; state in the parameters' dtype
+        )
         t0 = time.perf_counter()
         step_fn = _compile_step(model, config, progress) if config.compile else None
         compile_seconds = time.perf_counter() - t0
@@ -321,13 +326,6 @@ def train(
         extra = {"threads": torch.get_num_threads(), "compiled": compiled}
         tokens_t = torch.from_numpy(tokens)
         offsets = torch.arange(config.context + 1)
-        # Skip dynamo's per-call guard checks (~0.1 ms: hundreds of tensor checks) in
-        # the loop: every call has the model and input shapes that the probe in
-        # _compile_step has just compiled for, so no guard could fail.
-        if compiled:
-            fast_guards = lambda: torch.compiler.set_stance(skip_guard_eval_unsafe=True)  # noqa: E731
-        else:
-            fast_guards = contextlib.nullcontext
         pbar = _progress_bar(config.steps, progress)
         done, last_loss, loss_value, interrupted = 0, None, float("nan"), False
         with atomic_path(out) as tmp:
@@ -342,13 +340,13 @@ def train(
                 ring["embeddings"][slot].copy_(W.detach())
                 ring["losses"][slot] = float("nan")
                 recorder.commit()
+                adam = None
                 for step in range(1, config.steps + 1):
                     if (step - 1) % _WINDOW_BLOCK == 0:  # cut the next block of windows in one go
                         block = torch.from_numpy(starts[step - 1 : step - 1 + _WINDOW_BLOCK])
                         block_windows = tokens_t[block[:, :, None] + offsets]
                     windows = block_windows[(step - 1) % _WINDOW_BLOCK]
-                    with fast_guards():
-                        loss, last_logits = step_fn(model, windows[:, :-1], windows[:, 1:])
+                    loss, last_logits = step_fn(model, windows[:, :-1], windows[:, 1:])
                     loss.backward()
                     record = is_recorded[step]
                     if record:
@@ -356,19 +354,20 @@ def train(
                         ring["grads"][slot].copy_(W.grad)  # before clipping
                         ring["logits"][slot].copy_(last_logits.detach())
                         ring["losses"][slot] = loss.detach()
-                    grads = [p.grad for p in params]
                     if config.clip:
-                        _clip_grad_norm_(grads, config.clip)
-                    lr = config.lr * (1 - (step - 1) / config.steps) if config.schedule == "linear" else config.lr
-                    optimizer.step(grads, lr)
-                    for p in params:  # backward then hands over fresh grads: no zeroing, no adding
-                        p.grad = None
+                        torch.nn.utils.clip_grad_norm_(params, config.clip, foreach=True)
+                    if config.schedule == "linear":
+                        for group in optimizer.param_groups:
+                            group["lr"] = config.lr * (1 - (step - 1) / config.steps)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)  # backward then hands over fresh grads: no zeroing, no adding
                     done, last_loss = step, loss.detach()
                     if record:
                         ring["embeddings"][slot].copy_(W.detach())
                         if config.optimizer_state:
-                            ring["momentum"][slot].copy_(optimizer.exp_avgs[0])  # params[0] is W
-                            ring["variance"][slot].copy_(optimizer.exp_avg_sqs[0])
+                            adam = adam or optimizer.state[W]
+                            ring["momentum"][slot].copy_(adam["exp_avg"])
+                            ring["variance"][slot].copy_(adam["exp_avg_sq"])
                         recorder.commit()
                     if pbar is not None:
                         pbar.update(1)
@@ -460,56 +459,6 @@ def _step(model, inputs, targets):
     logits = model(inputs)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
     return loss, logits[0, -1]
-
-
-class _FusedAdamW:
-    """AdamW as ``torch.optim.AdamW(params, fused=True)``: the same fused kernel, called directly.
-
-    At this model size ``torch.optim.AdamW.step`` spends more time in Python
-    (grouping tensors by device and dtype, one step counter per parameter, each
-    incremented by its own op on CPU) than in its kernel. This calls the kernel
-    with the same arguments, so the parameters and the state it leaves are
-    bit-identical (tests/test_train.py checks this against torch.optim.AdamW).
-    The state (``exp_avgs``, ``exp_avg_sqs``) is in the parameters' dtype, as there.
-
-    >>> opt = _FusedAdamW(params, config); opt.step([p.grad for p in params], lr=1e-3)
-    """
-
-    def __init__(self, params, config: TrainConfig):
-        import torch
-
-        self.params = params
-        self.config = config
-        self.exp_avgs = [torch.zeros_like(p) for p in params]
-        self.exp_avg_sqs = [torch.zeros_like(p) for p in params]
-        # torch keeps one float32 step counter per parameter; they always agree
-        self.step_count = torch.tensor(0.0, dtype=torch.float32)
-        self.state_steps = [self.step_count] * len(params)
-
-    def step(self, grads, lr: float) -> None:
-        import torch
-
-        c = self.config
-        self.step_count += 1
-        torch._fused_adamw_(
-            self.params, grads, self.exp_avgs, self.exp_avg_sqs, [], self.state_steps,
-            lr=lr, beta1=c.beta1, beta2=c.beta2, weight_decay=c.weight_decay, eps=c.eps,
-            amsgrad=False, maximize=False, grad_scale=None, found_inf=None,
-        )
-
-
-def _clip_grad_norm_(grads, max_norm: float) -> None:
-    """``torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=True)`` on the grads, minus its Python overhead.
-
-    The same ops in the same dtype (per-tensor norms, their norm, the clamped
-    coefficient, one in-place multiply), so the clipped gradients are bit-identical.
-
-    >>> _clip_grad_norm_([p.grad for p in params], 1.0)
-    """
-    import torch
-
-    total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2.0)), 2.0)
-    torch._foreach_mul_(grads, torch.clamp(max_norm / (total + 1e-6), max=1.0))
 
 
 class _Recorder:

@@ -23,16 +23,8 @@ from .errors import BlackholesError
 # ---------------------------------------------------------------------------- scan
 
 
-def _add_scan(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "scan",
-        help="find black-hole tokens (bit-identical embedding rows) in a model",
-        description=(
-            "Find groups of tokens whose embedding vectors are bit-for-bit identical. "
-            "SOURCE is a .safetensors file, a Hugging Face model directory, or a model id "
-            "in the local Hugging Face cache (offline)."
-        ),
-    )
+def _add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """SOURCE, --key and --matrix: how scan and map name one matrix (see tensors.load_matrix)."""
     p.add_argument(
         "source", metavar="SOURCE",
         help="file.safetensors | model directory | org/name[@revision] in the local Hugging Face cache",
@@ -44,6 +36,19 @@ def _add_scan(sub) -> argparse.ArgumentParser:
         help="for model directories: the input embedding or the output (lm_head) matrix "
         "(default: output, which is the input embedding when tied)",
     )
+
+
+def _add_scan(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "scan",
+        help="find black-hole tokens (bit-identical embedding rows) in a model",
+        description=(
+            "Find groups of tokens whose embedding vectors are bit-for-bit identical. "
+            "SOURCE is a .safetensors file, a Hugging Face model directory, or a model id "
+            "in the local Hugging Face cache (offline)."
+        ),
+    )
+    _add_source_arguments(p)
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for decoding (default: beside the model)")
     p.add_argument("--mask", metavar="PATH", help="write mask, black_hole_id and group vectors (safetensors)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
@@ -114,9 +119,7 @@ def _add_map(sub) -> argparse.ArgumentParser:
             "SOURCE is anything `blackholes scan` accepts."
         ),
     )
-    p.add_argument("source", metavar="SOURCE", help="file.safetensors | model directory | org/model id")
-    p.add_argument("--key", help="tensor name inside the safetensors file(s)")
-    p.add_argument("--matrix", choices=("input", "output"), help="for model directories (default: output)")
+    _add_source_arguments(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mask", metavar="PATH", help="mask file written by `blackholes scan --mask`")
     group.add_argument("--auto-mask", action="store_true", help="scan the matrix for black holes first")

@@ -38,7 +38,7 @@ def make_recording(path: Path, steps: int = STEPS, vocab: int = VOCAB, dim: int 
     import torch
     from safetensors.torch import save_file
 
-    from blackholes.tensors import bf16_from_float32
+    from blackholes.io.safetensors import bf16_from_float32
 
     rng = np.random.default_rng(seed)
     untrained = np.zeros(vocab, bool)
@@ -87,7 +87,7 @@ def original_every_step(path: Path, untrained: list[int]) -> None:
 
 
 def _steps(path: Path) -> int:
-    from blackholes.tensors import read_header
+    from blackholes.io.safetensors import read_header
 
     return read_header(path).tensors["embeddings"].shape[0]
 
@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from blackholes.dynamics import analyze, format_ids
+    from blackholes.analysis.dynamics import analyze, format_ids
 
     tmp = None
     if args.recording:

@@ -38,7 +38,7 @@ import numpy as np
 
 CONTENDERS = {
     "density_map() (in process)": """
-from blackholes.density import density_map
+from blackholes.analysis.density import density_map
 t = time.perf_counter()
 m = density_map(PATH, auto_mask=True)
 seconds = time.perf_counter() - t

@@ -38,7 +38,7 @@ EXPECT = dict(unique_vectors=149_849, groups=13, black_hole_tokens=2_100)
 
 def build_standin(folder: Path) -> Path:
     """Write the stand-in once (atomically); later runs reuse it."""
-    from blackholes.fileio import atomic_path
+    from blackholes.io.atomic import atomic_path
 
     path = folder / f"qwen3-4b-standin-{V}x{D}-f32-seed{SEED}.safetensors"
     header = json.dumps({"gamma": {"dtype": "F32", "shape": [V, D], "data_offsets": [0, V * D * 4]}}).encode()
@@ -105,14 +105,14 @@ out = {}
 """,
     "scan() (in process)": """
 import time
-from blackholes.scan import scan
+from blackholes.analysis.groups import scan
 t0 = time.perf_counter()
 r = scan(PATH)
 out = dict(unique_vectors=r.unique_vectors, groups=len(r.groups), black_hole_tokens=r.black_hole_tokens)
 """,
     "scan() without the sieve": """
 import time
-import blackholes.scan as S
+import blackholes.analysis.groups as S
 S.PREFIX_BYTES = 1 << 40  # worst case: every row hashed in full (as when all rows share a prefix)
 t0 = time.perf_counter()
 r = S.scan(PATH)

@@ -43,7 +43,7 @@ def loadavg() -> str:
 
 
 def bench_blackholes(corpus: str, steps: int, out: Path, compile: bool, threads: int) -> dict:
-    from blackholes.train import TrainConfig, train
+    from blackholes.training.loop import TrainConfig, train
 
     marks: dict[int, float] = {}
     warm = min(100, steps // 2)
@@ -135,7 +135,7 @@ def main() -> int:
     ap.add_argument("--dir", default=tempfile.gettempdir(), help="where the recordings are written (then removed)")
     args = ap.parse_args()
     if args.corpus is None:
-        from blackholes.train import default_corpus_path
+        from blackholes.training.loop import default_corpus_path
 
         args.corpus = str(default_corpus_path())
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blackholes.cli import main
-from blackholes.dynamics import _order_key, _pairwise, _ulp, analyze, parse_steps, parse_tokens
+from blackholes.analysis.dynamics import _order_key, _pairwise, _ulp, analyze, parse_steps, parse_tokens
 from blackholes.errors import BlackholesError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -283,8 +283,8 @@ def test_order_key_sorts_like_floats(values):
 
 
 def test_public_helpers_shared_with_reproduce():
-    from blackholes import report
-    from blackholes.dynamics import finite_or_none, format_bytes, format_ids, never_drawn_tokens
+    from blackholes.pipelines import reproduce as report
+    from blackholes.analysis.dynamics import finite_or_none, format_bytes, format_ids, never_drawn_tokens
 
     assert format_ids([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
     assert format_bytes([65, 0, 32, 96, 300]) == "A \\x00 \\x20 \\x60 300"
@@ -451,7 +451,7 @@ def test_analysis_imports_neither_torch_nor_matplotlib(rigid):
     import subprocess
     import sys
 
-    code = ("import sys; from blackholes.dynamics import analyze; analyze(sys.argv[1]).report(); "
+    code = ("import sys; from blackholes.analysis.dynamics import analyze; analyze(sys.argv[1]).report(); "
             "print('torch' in sys.modules, 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(rigid)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from blackholes.cli import main
-from blackholes.density import density_map, pca, pca_sets, read_mask
+from blackholes.analysis.density import density_map, pca, pca_sets, read_mask
 from blackholes.errors import BlackholesError
-from blackholes.tensors import bf16_from_float32, save_safetensors, to_float32
+from blackholes.io.safetensors import bf16_from_float32, save_safetensors, to_float32
 
 
 def _matrix(V=4000, D=48, seed=0, offset=3.0):
@@ -70,7 +70,7 @@ def test_pca_bf16_equals_pca_of_widened_matrix():
 @pytest.mark.parametrize("bf16", [False, True])
 def test_pca_streams_in_chunks(monkeypatch, bf16):
     """Many small chunks (the last one short) give the same answer as one: centring is exact per chunk."""
-    import blackholes.density as density
+    import blackholes.analysis.density as density
 
     x = _matrix(3000, 40)
     x, dtype = (bf16_from_float32(x), "BF16") if bf16 else (x, "F32")
@@ -200,7 +200,7 @@ def test_empty_mask_draws_one_map(tmp_path):
     x = _matrix(300, 8)
     m = density_map(x, mask=np.zeros(300, bool))
     assert m.masked is None and m.black_hole_tokens == 0
-    from blackholes.plots import plot_density_map
+    from blackholes.render.plots import plot_density_map
 
     plot_density_map(m, tmp_path / "m.png")
     assert (tmp_path / "m.png").stat().st_size > 10_000
@@ -222,8 +222,8 @@ def test_one_column_matrix_is_a_clear_error(tmp_path, capsys):
 
 def test_ids_from_mask_groups_raw_bits_with_scan_find_groups(monkeypatch):
     """Group ids of a mask without black_hole_id: scan's grouping, checked against a tobytes() dict."""
-    import blackholes.scan
-    from blackholes.density import _ids_from_mask
+    import blackholes.analysis.groups
+    from blackholes.analysis.density import _ids_from_mask
 
     rng = np.random.default_rng(5)
     x = rng.standard_normal((400, 6)).astype(np.float32)
@@ -235,8 +235,8 @@ def test_ids_from_mask_groups_raw_bits_with_scan_find_groups(monkeypatch):
     mask = np.zeros(400, bool)
     mask[5:130] = True
     calls = []
-    real = blackholes.scan.find_groups
-    monkeypatch.setattr(blackholes.scan, "find_groups", lambda a, **kw: calls.append(a.shape) or real(a, **kw))
+    real = blackholes.analysis.groups.find_groups
+    monkeypatch.setattr(blackholes.analysis.groups, "find_groups", lambda a, **kw: calls.append(a.shape) or real(a, **kw))
     ids = _ids_from_mask(x, mask)
     assert calls == [(125, 6)]  # one call, on the masked rows only
 
@@ -252,7 +252,7 @@ def test_ids_from_mask_groups_raw_bits_with_scan_find_groups(monkeypatch):
 
 def test_map_panels_leave_room_between_colorbar_label_and_norm_label(monkeypatch):
     """The middle colorbar's label and the norm panel's y-label must not crowd each other."""
-    import blackholes.plots as plots
+    import blackholes.render.plots as plots
 
     x, mask = _planted(V=2000, D=16)
     m = density_map(x, mask=mask)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from blackholes.model import GPT, GPTConfig
+from blackholes.training.model import GPT, GPTConfig
 
 SMALL = GPTConfig(vocab=32, context=16, width=16, layers=2, heads=2)
 

@@ -14,11 +14,11 @@ def test_public_names_resolve():
 
 
 def test_scan_and_train_callable_after_importing_their_modules(tmp_path):
-    # ``import blackholes.scan`` / ``blackholes.train`` rebinds the package attribute to
+    # ``import blackholes.analysis.groups`` / ``blackholes.train`` rebinds the package attribute to
     # the module; calling it must still reach the function.
     import blackholes
-    import blackholes.scan
-    import blackholes.train
+    import blackholes.analysis.groups
+    import blackholes.training.loop
 
     assert [g.size for g in blackholes.scan(np.zeros((4, 3), np.float32)).groups] == [4]
     corpus = tmp_path / "c.txt"
@@ -38,7 +38,7 @@ def test_reproduce_help_states_the_real_default_steps(capsys):
     import pytest
 
     from blackholes.cli import main
-    from blackholes.report import DEFAULT_STEPS
+    from blackholes.pipelines.reproduce import DEFAULT_STEPS
 
     with pytest.raises(SystemExit):
         main(["reproduce", "--help"])

@@ -11,14 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from blackholes.recording import (
+from blackholes.training.recording import (
     RecordingWriter,
     TensorSpec,
     decode_metadata,
     encode_metadata,
     read_recording_metadata,
 )
-from blackholes.tensors import read_header
+from blackholes.io.safetensors import read_header
 
 SPECS = [TensorSpec("embeddings", "F32", (3, 2)), TensorSpec("logits", "F32", (3,)), TensorSpec("losses", "F32", ())]
 

@@ -11,7 +11,7 @@ import pytest
 
 from blackholes.cli import main
 from blackholes.errors import BlackholesError
-from blackholes.report import FILES, reproduce
+from blackholes.pipelines.reproduce import FILES, reproduce
 
 STEPS = 40
 FAST = {"compile": False}  # torch.compile pays for itself only on long runs
@@ -122,7 +122,7 @@ def test_masks_are_readable_as_the_notebooks_read_them(run):
 
 def test_sigma_zero_hole_is_never_seen_plus_never_drawn(run):
     """Check the report's hole against the corpus and the recording's draw counts, computed here."""
-    from blackholes.tensors import read_header
+    from blackholes.io.safetensors import read_header
 
     result, out, corpus = run
     present = set(corpus.read_bytes())
@@ -144,7 +144,7 @@ def test_sigma_zero_hole_is_never_seen_plus_never_drawn(run):
 
 
 def test_dynamics_json_agrees_with_analyze(run):
-    from blackholes.dynamics import analyze
+    from blackholes.analysis.dynamics import analyze
 
     result, out, _ = run
     doc = json.loads((out / "dynamics.json").read_text())

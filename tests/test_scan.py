@@ -14,10 +14,10 @@ from safetensors.numpy import save_file
 from _helpers import planted
 
 import blackholes
-from blackholes import scan as scan_module
+import blackholes.analysis.groups as scan_module
 from blackholes.errors import BlackholesError
-from blackholes.scan import ScanResult, find_groups, scan
-from blackholes.tensors import bf16_from_float32, load_matrix, open_tensor
+from blackholes.analysis.groups import ScanResult, find_groups, scan
+from blackholes.io.safetensors import bf16_from_float32, load_matrix, open_tensor
 
 
 def reference(array: np.ndarray) -> list[list[int]]:
@@ -271,7 +271,7 @@ def test_readable_byte_level_tokens(tmp_path):
     """Decoded text when it is readable; the vocabulary piece for a lone UTF-8 byte."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from blackholes.tokens import load_tokenizer, readable
+    from blackholes.sources.tokenizer import load_tokenizer, readable
 
     pieces = sorted(pre_tokenizers.ByteLevel.alphabet()) + ["Ġthe", "âĢ"]
     tok = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=[]))
@@ -302,7 +302,7 @@ def test_sources_agree(tmp_path):
 
 
 def test_package_level_call():
-    """``blackholes.scan(...)`` works even after ``import blackholes.scan`` (the module)."""
+    """``blackholes.scan(...)`` works even after ``import blackholes.analysis.groups`` (the module)."""
     x = planted(n=30, d=4, seed=1, sizes=(3,))
     for _ in range(2):
         assert [g.size for g in blackholes.scan(x).groups] == [3]
@@ -335,7 +335,7 @@ def test_dtype_must_fit():
 def test_memmap_is_not_copied(tmp_path):
     """The file's matrix is read through the memory map, in its own dtype."""
     bits = bf16_from_float32(planted(n=40, d=8, seed=7))
-    from blackholes.tensors import save_safetensors
+    from blackholes.io.safetensors import save_safetensors
 
     save_safetensors(tmp_path / "b.safetensors", {"w": (bits, "BF16")})
     m = load_matrix(tmp_path / "b.safetensors")

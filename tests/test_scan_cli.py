@@ -206,12 +206,12 @@ def test_outputs_in_a_model_folder_do_not_overwrite_its_files(tmp_path, capsys, 
 
 
 def test_map_output_errors_come_before_the_work(scan_file, tmp_path, capsys, monkeypatch):
-    import blackholes.density
+    import blackholes.analysis.density
 
     def never(*a, **k):
         raise AssertionError("the map was computed before the output was checked")
 
-    monkeypatch.setattr(blackholes.density, "density_map", never)
+    monkeypatch.setattr(blackholes.analysis.density, "density_map", never)
     (tmp_path / "somedir").mkdir()
     err = _refused(["map", scan_file, "--out", tmp_path / "m.png", "--json", tmp_path / "somedir"], capsys,
                    "output path is a directory")
@@ -221,8 +221,8 @@ def test_map_output_errors_come_before_the_work(scan_file, tmp_path, capsys, mon
 
 
 def test_check_output_path(tmp_path, monkeypatch):
-    import blackholes.fileio
-    from blackholes.fileio import check_output_path
+    import blackholes.io.atomic
+    from blackholes.io.atomic import check_output_path
 
     src = tmp_path / "in.safetensors"
     src.write_bytes(b"x")
@@ -238,7 +238,7 @@ def test_check_output_path(tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if os.geteuid() == 0:  # root may write anywhere: pretend it may not
-        monkeypatch.setattr(blackholes.fileio.os, "access", lambda p, mode: os.fspath(p) != str(locked))
+        monkeypatch.setattr(blackholes.io.atomic.os, "access", lambda p, mode: os.fspath(p) != str(locked))
     try:
         with pytest.raises(BlackholesError, match="permission denied"):
             check_output_path(locked / "o.json")
@@ -248,7 +248,7 @@ def test_check_output_path(tmp_path, monkeypatch):
 
 def test_failed_write_leaves_no_half_file(scan_file, tmp_path, monkeypatch, capsys):
     """A crash while the mask is being written leaves neither the mask nor a temporary file."""
-    import blackholes.tensors as tensors
+    import blackholes.io.safetensors as tensors
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")

@@ -10,7 +10,7 @@ import pytest
 from safetensors.numpy import save_file
 
 from blackholes.errors import BlackholesError
-from blackholes.tensors import (
+from blackholes.io.safetensors import (
     Matrix,
     bf16_from_float32,
     hf_cache_dir,

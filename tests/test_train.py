@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from blackholes.errors import BlackholesError
-from blackholes.model import GPT, GPTConfig
-from blackholes.recording import read_recording_metadata
-from blackholes.train import TrainConfig, default_corpus_path, train, window_starts
+from blackholes.training.model import GPT, GPTConfig
+from blackholes.training.recording import read_recording_metadata
+from blackholes.training.loop import TrainConfig, default_corpus_path, train, window_starts
 
 ROOT = Path(__file__).resolve().parents[1]
 GATSBY = ROOT.parent / "shared" / "data" / "gatsby_clean.txt"
@@ -385,7 +385,7 @@ def test_without_a_working_compiler_training_falls_back_to_eager(corpus, tmp_pat
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr("blackholes.train._COMPILED_STEP", None)
+    monkeypatch.setattr("blackholes.training.loop._COMPILED_STEP", None)
     with pytest.warns(RuntimeWarning, match="torch.compile is not available here .*InvalidCxxCompiler"):
         result = train(small(corpus, compile=True, steps=3), tmp_path / "r.safetensors", progress=False)
     assert not result.compiled and result.compile_seconds < 5

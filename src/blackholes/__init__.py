@@ -13,27 +13,26 @@ stays cheap (no torch, no matplotlib):
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
-# public name -> module that defines it (imported on first use)
+# public name -> module that defines it (imported on first use). No submodule shares
+# a public function's name, so ``blackholes.scan`` is always the function itself.
 _LAZY = {
-    "scan": "scan",
-    "ScanResult": "scan",
-    "load_matrix": "tensors",
-    "Matrix": "tensors",
-    "analyze": "dynamics",
-    "DynamicsResult": "dynamics",
-    "density_map": "density",
-    "DensityMap": "density",
-    "pca": "density",
-    "reproduce": "report",
-    "ReproduceResult": "report",
-    "train": "train",
-    "TrainConfig": "train",
-    "TrainResult": "train",
+    "scan": "analysis.groups",
+    "ScanResult": "analysis.groups",
+    "load_matrix": "sources",
+    "Matrix": "sources",
+    "analyze": "analysis.dynamics",
+    "DynamicsResult": "analysis.dynamics",
+    "density_map": "analysis.density",
+    "DensityMap": "analysis.density",
+    "pca": "analysis.density",
+    "reproduce": "pipelines.reproduce",
+    "ReproduceResult": "pipelines.reproduce",
+    "train": "training.loop",
+    "TrainConfig": "training.loop",
+    "TrainResult": "training.loop",
     "BlackholesError": "errors",
 }
 
@@ -47,17 +46,5 @@ def __getattr__(name: str):
     return getattr(importlib.import_module(f".{module}", __name__), name)
 
 
-class _CallableModule(types.ModuleType):
-    """A submodule named like its main function (``scan``, ``train``).
-
-    ``import blackholes.scan`` makes the *module* the package's attribute ``scan``,
-    shadowing the function; calling the module calls the function, so
-    ``blackholes.scan(...)`` works however the package was imported.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-def _make_callable(module_name: str) -> None:
-    sys.modules[module_name].__class__ = _CallableModule
+def __dir__():
+    return __all__

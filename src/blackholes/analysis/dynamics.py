@@ -27,9 +27,9 @@ from typing import Iterable
 
 import numpy as np
 
-from .errors import BlackholesError
-from .recording import decode_metadata
-from .tensors import Header, open_tensor, read_header, to_float32
+from blackholes.errors import BlackholesError
+from blackholes.training.recording import decode_metadata
+from blackholes.io.safetensors import Header, open_tensor, read_header, to_float32
 
 DEFAULT_STEPS = (0, 1, 2, 10, 100, 1000, 10000)
 REQUIRED_KEYS = ("embeddings", "grads", "logits")

@@ -37,7 +37,7 @@ def check_output_path(path: str | os.PathLike, *, inputs=()) -> Path:
     >>> check_output_path("mask.safetensors", inputs=["model.safetensors"])
     PosixPath('mask.safetensors')
     """
-    from .errors import BlackholesError
+    from blackholes.errors import BlackholesError
 
     out = Path(path)
     if out.is_dir():
@@ -63,7 +63,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        from .errors import BlackholesError
+        from blackholes.errors import BlackholesError
 
         raise BlackholesError(f"output directory does not exist: {parent}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)

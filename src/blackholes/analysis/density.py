@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BlackholesError
+from blackholes.errors import BlackholesError
 
 _CHUNK_BYTES = 64 << 20  # float32 bytes per chunk: few large BLAS calls hold up best on busy cores
 
@@ -90,13 +90,13 @@ def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int, buffer: n
         np.copyto(bits, chunk, casting="safe")
         bits <<= 16
         return buffer[: stop - start]
-    from .tensors import to_float32
+    from blackholes.io.safetensors import to_float32
 
     return to_float32(chunk, dtype)
 
 
 def _default_dtype(array: np.ndarray) -> str:
-    from .tensors import SAFETENSORS_DTYPES
+    from blackholes.io.safetensors import SAFETENSORS_DTYPES
 
     try:
         return SAFETENSORS_DTYPES[np.dtype(array.dtype).newbyteorder("<")]
@@ -366,7 +366,7 @@ def read_mask(path: str | os.PathLike, vocab: int) -> tuple[np.ndarray, np.ndarr
 
     >>> mask, ids = read_mask("mask.safetensors", 151936)
     """
-    from .tensors import open_tensor, read_header
+    from blackholes.io.safetensors import open_tensor, read_header
 
     header = read_header(path)
     if "mask" not in header.tensors:
@@ -422,7 +422,7 @@ def density_map(
 
     mask_source = None
     if auto_mask:
-        from .scan import scan
+        from blackholes.analysis.groups import scan
 
         t = time.perf_counter()
         result = scan(loaded if loaded is not None else array, dtype=dtype)
@@ -488,7 +488,7 @@ def _ids_from_mask(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
     >>> _ids_from_mask(np.array([[1], [2], [1], [3]], np.float32), np.array([True, True, True, False]))
     array([1, 2, 1, 0])
     """
-    from .scan import find_groups
+    from blackholes.analysis.groups import find_groups
 
     ids = np.zeros(mask.shape[0], dtype=np.int64)
     rows = np.flatnonzero(mask)
@@ -509,7 +509,7 @@ def _resolve(source, *, key, matrix, dtype):
         if arr.ndim != 2:
             raise BlackholesError(f"expected a 2-D matrix, got shape {list(arr.shape)}")
         return arr, dtype or _default_dtype(arr), "array", key or "", None
-    from .tensors import load_matrix
+    from blackholes.io.safetensors import load_matrix
 
     loaded = source if hasattr(source, "array") and hasattr(source, "dtype") else load_matrix(
         source, key=key, matrix=matrix

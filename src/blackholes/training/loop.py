@@ -8,7 +8,7 @@ state for the matrix are streamed to a safetensors *recording* (see
 receive identical gradients and so never leave the shared point: with
 ``sigma=0`` they form a black hole.
 
->>> from blackholes.train import TrainConfig, train
+>>> from blackholes.training.loop import TrainConfig, train
 >>> result = train(TrainConfig(corpus="gatsby_clean.txt", sigma=0.0, steps=10_000), "run.safetensors")
 >>> result.never_seen[:3], result.final_loss
 ([0, 1, 2], 1.6...)
@@ -36,8 +36,7 @@ from typing import Callable
 
 import numpy as np
 
-from . import _make_callable
-from .errors import BlackholesError
+from blackholes.errors import BlackholesError
 
 DTYPES = ("bf16", "fp32")
 _SAFETENSORS_NAME = {"bf16": "BF16", "fp32": "F32"}
@@ -244,7 +243,7 @@ def _metadata(config, corpus_path, data, centre, never_seen, counts, steps, *, c
     }
     if interrupted_at is not None:
         meta["interrupted_at_step"] = interrupted_at
-    from .recording import encode_metadata
+    from blackholes.training.recording import encode_metadata
 
     return encode_metadata(meta)
 
@@ -272,9 +271,9 @@ def train(
 
     import torch
 
-    from .fileio import atomic_path
-    from .model import GPT, GPTConfig
-    from .recording import RecordingWriter, TensorSpec
+    from blackholes.io.atomic import atomic_path
+    from blackholes.training.model import GPT, GPTConfig
+    from blackholes.training.recording import RecordingWriter, TensorSpec
 
     out = Path(out)
     tokens = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
@@ -504,7 +503,3 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.25, smoothing=0.1)
-
-
-# let ``blackholes.train(...)`` work even after ``import blackholes.train``
-_make_callable(__name__)

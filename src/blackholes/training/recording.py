@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .tensors import STORAGE_DTYPES, read_header
+from blackholes.io.safetensors import STORAGE_DTYPES, read_header
 
 _HEADER_RESERVE = 512  # spare header bytes, so an interrupted run's header fits in place
 _COPY_CHUNK = 16 << 20  # bytes moved at a time when compacting

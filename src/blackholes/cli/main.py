@@ -16,8 +16,8 @@ import argparse
 import gc
 import sys
 
-from . import __version__
-from .errors import BlackholesError
+from blackholes import __version__
+from blackholes.errors import BlackholesError
 
 
 # ---------------------------------------------------------------------------- scan
@@ -60,7 +60,7 @@ def _add_scan(sub) -> argparse.ArgumentParser:
 def _check_outputs(outputs, inputs=()) -> None:
     """Fail before any work, not after it, when an output cannot be written, is
     given twice, or would overwrite a file the command reads."""
-    from .fileio import check_output_path, same_file
+    from blackholes.io.atomic import check_output_path, same_file
 
     outs = [out for out in outputs if out]
     for i, out in enumerate(outs):
@@ -82,8 +82,8 @@ def _matrix_files(m) -> list:
 
 
 def _run_scan(args) -> int:
-    from .scan import scan
-    from .tensors import load_matrix
+    from blackholes.analysis.groups import scan
+    from blackholes.io.safetensors import load_matrix
 
     outputs = (args.mask, args.json)
     _check_outputs(outputs, inputs=(args.source, args.tokenizer))
@@ -93,7 +93,7 @@ def _run_scan(args) -> int:
     if args.mask:
         result.save_mask(args.mask)
     if args.json:
-        from .fileio import write_json
+        from blackholes.io.atomic import write_json
 
         write_json(args.json, result.to_json())
     if not args.quiet:
@@ -133,8 +133,8 @@ def _add_map(sub) -> argparse.ArgumentParser:
 
 
 def _run_map(args) -> int:
-    from .density import density_map
-    from .tensors import load_matrix
+    from blackholes.analysis.density import density_map
+    from blackholes.io.safetensors import load_matrix
 
     if not args.out.lower().endswith(".png"):
         raise BlackholesError(f"--out must name a .png file, got {args.out}")
@@ -148,11 +148,11 @@ def _run_map(args) -> int:
         m, mask=args.mask, auto_mask=args.auto_mask,
         bins=args.bins, progress=not args.quiet,
     )
-    from .plots import plot_density_map
+    from blackholes.render.plots import plot_density_map
 
     plot_density_map(result, args.out, title=args.title)
     if args.json:
-        from .fileio import write_json
+        from blackholes.io.atomic import write_json
 
         write_json(args.json, result.to_json())
     if not args.quiet:
@@ -208,7 +208,7 @@ def _add_dynamics(sub) -> argparse.ArgumentParser:
 def _run_dynamics(args) -> int:
     import os
 
-    from .dynamics import analyze
+    from blackholes.analysis.dynamics import analyze
 
     _check_outputs((args.json,), inputs=(args.recording, args.corpus))
     if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
@@ -217,13 +217,13 @@ def _run_dynamics(args) -> int:
     if not args.quiet:
         print(result.report())
     if args.json:
-        from .fileio import write_json
+        from blackholes.io.atomic import write_json
 
         write_json(args.json, result.to_json())
         if not args.quiet:
             print(f"Report written to {args.json}")
     if args.plots:
-        from .plots import plot_dynamics
+        from blackholes.render.plots import plot_dynamics
 
         paths = plot_dynamics(result, args.plots)
         if not args.quiet:
@@ -261,7 +261,7 @@ def _add_reproduce(sub) -> argparse.ArgumentParser:
 
 
 def _run_reproduce(args) -> int:
-    from .report import DEFAULT_STEPS, reproduce
+    from blackholes.pipelines.reproduce import DEFAULT_STEPS, reproduce
 
     result = reproduce(
         args.out, corpus=args.corpus, steps=DEFAULT_STEPS if args.steps is None else args.steps, sigma=args.sigma, seed=args.seed, dtype=args.dtype,
@@ -333,7 +333,7 @@ def _add_train(sub) -> argparse.ArgumentParser:
 
 
 def _run_train(args) -> int:
-    from .train import TrainConfig, train
+    from blackholes.training.loop import TrainConfig, train
 
     config = TrainConfig(
         corpus=args.corpus, sigma=args.sigma, steps=args.steps, seed=args.seed, dtype=args.dtype,

@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import _make_callable
-from .errors import BlackholesError
-from .tensors import SAFETENSORS_DTYPES, STORAGE_DTYPES, Matrix, load_matrix, save_safetensors
+from blackholes.errors import BlackholesError
+from blackholes.io.safetensors import SAFETENSORS_DTYPES, STORAGE_DTYPES, Matrix, load_matrix, save_safetensors
 
 PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
 CHUNK_BYTES = 1 << 20  # rows hashed per step: about 1 MiB, stays in L2
@@ -218,7 +217,7 @@ def scan(
     tok_path = Path(tokenizer) if tokenizer is not None else m.tokenizer
     strings, vocab_size = None, None
     if tok_path is not None:
-        from .tokens import token_strings
+        from blackholes.sources.tokenizer import token_strings
 
         ids = np.concatenate(found) if found else np.zeros(0, np.int64)
         strings, vocab_size, tok_path = token_strings(tok_path, ids.tolist())
@@ -432,7 +431,3 @@ def _split_exactly(rows: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
     _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
     inverse = inverse.ravel()
     return [ids[inverse == k] for k in np.flatnonzero(counts >= 2)]
-
-
-# let ``blackholes.scan(...)`` work even after ``import blackholes.scan``
-_make_callable(__name__)

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .dynamics import finite_or_none, format_bytes, never_drawn_tokens
-from .errors import BlackholesError
-from .recording import decode_metadata
+from blackholes.analysis.dynamics import finite_or_none, format_bytes, never_drawn_tokens
+from blackholes.errors import BlackholesError
+from blackholes.training.recording import decode_metadata
 
 # Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps
 # the run (training + every analysis) under a minute on a 2-core machine while the
@@ -169,8 +169,8 @@ def reproduce(
     >>> r = reproduce("demo")                        # the default corpus, sigma = 0
     >>> r.answer[0]
     """
-    from . import __version__
-    from .train import TrainConfig, default_corpus_path, load_corpus, train
+    from blackholes import __version__
+    from blackholes.training.loop import TrainConfig, default_corpus_path, load_corpus, train
 
     say = log or (lambda *_: None)
     out = check_out_dir(out, force)
@@ -211,8 +211,8 @@ def reproduce(
     # 2. scan the first and last embedding matrices
     say("[2/5] scanning the initial and final embedding matrices for black holes ...")
     t = time.perf_counter()
-    from .scan import scan
-    from .tensors import open_tensor, read_header
+    from blackholes.analysis.groups import scan
+    from blackholes.io.safetensors import open_tensor, read_header
 
     header = read_header(files["recording"])
     emb = open_tensor(files["recording"], "embeddings", header)
@@ -236,8 +236,8 @@ def reproduce(
     # 3. dynamics
     say("[3/5] following the never-seen bytes through every recorded step ...")
     t = time.perf_counter()
-    from .dynamics import analyze
-    from .plots import plot_density_map, plot_dynamics
+    from blackholes.analysis.dynamics import analyze
+    from blackholes.render.plots import plot_density_map, plot_dynamics
 
     # a hole needs two tokens: follow the never-seen bytes, or with fewer, every untouched byte
     followed = never_seen if len(never_seen) >= 2 else sorted(never_seen + never_drawn)
@@ -258,7 +258,7 @@ def reproduce(
     # 4. density map of the final matrix, without and with the mask
     say("[4/5] drawing the density map of the final embedding matrix ...")
     t = time.perf_counter()
-    from .density import density_map
+    from blackholes.analysis.density import density_map
 
     has_holes = final.black_hole_tokens > 0  # no mask, no second panel: it would repeat the first
     dmap = density_map(np.asarray(emb[-1]), dtype=emb_dtype, mask=final.mask if has_holes else None,
@@ -297,7 +297,7 @@ def reproduce(
         plots[key] = p
     _write_json(files["summary"], result.to_json())
     doc = _document(result, plots)
-    from .fileio import write_text
+    from blackholes.io.atomic import write_text
 
     write_text(files["report_md"], doc.markdown())
     write_text(files["report_html"], doc.html())
@@ -769,6 +769,6 @@ def _scan_brief(s) -> dict:
 
 
 def _write_json(path: Path, obj) -> None:
-    from .fileio import write_json
+    from blackholes.io.atomic import write_json
 
     write_json(path, obj)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import BlackholesError
+from blackholes.errors import BlackholesError
 
 
 def find_tokenizer(path: str | os.PathLike) -> Path:

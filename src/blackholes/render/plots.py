@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on servers
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .fileio import atomic_path  # noqa: E402
+from blackholes.io.atomic import atomic_path  # noqa: E402
 
 DPI = 130
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BlackholesError
+from blackholes.errors import BlackholesError
 
 # safetensors dtype -> numpy dtype used to *store/view* the bytes.
 STORAGE_DTYPES: dict[str, np.dtype] = {
@@ -625,7 +625,7 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str,
 
     >>> save_safetensors("mask.safetensors", {"mask": mask, "vectors": (bits, "BF16")})
     """
-    from .fileio import atomic_path
+    from blackholes.io.atomic import atomic_path
 
     entries, arrays, offset = {}, [], 0
     for name, value in tensors.items():

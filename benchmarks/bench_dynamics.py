@@ -38,7 +38,7 @@ def make_recording(path: Path, steps: int = STEPS, vocab: int = VOCAB, dim: int 
     import torch
     from safetensors.torch import save_file
 
-    from blackholes.io.safetensors import bf16_from_float32
+    from blackholes.io.dtypes import bf16_from_float32
 
     rng = np.random.default_rng(seed)
     untrained = np.zeros(vocab, bool)

@@ -10,7 +10,8 @@ import pytest
 from blackholes.cli import main
 from blackholes.analysis.density import density_map, pca, pca_sets, read_mask
 from blackholes.errors import BlackholesError
-from blackholes.io.safetensors import bf16_from_float32, save_safetensors, to_float32
+from blackholes.io.dtypes import bf16_from_float32, to_float32
+from blackholes.io.safetensors import save_safetensors
 
 
 def _matrix(V=4000, D=48, seed=0, offset=3.0):

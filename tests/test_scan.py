@@ -17,7 +17,9 @@ import blackholes
 import blackholes.analysis.groups as scan_module
 from blackholes.errors import BlackholesError
 from blackholes.analysis.groups import ScanResult, find_groups, scan
-from blackholes.io.safetensors import bf16_from_float32, load_matrix, open_tensor
+from blackholes.io.dtypes import bf16_from_float32
+from blackholes.io.safetensors import open_tensor
+from blackholes.sources import load_matrix
 
 
 def reference(array: np.ndarray) -> list[list[int]]:

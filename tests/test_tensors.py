@@ -10,15 +10,11 @@ import pytest
 from safetensors.numpy import save_file
 
 from blackholes.errors import BlackholesError
-from blackholes.io.safetensors import (
-    Matrix,
-    bf16_from_float32,
-    hf_cache_dir,
-    load_matrix,
-    open_tensor,
-    read_header,
-    save_safetensors,
-)
+from blackholes.io.dtypes import bf16_from_float32
+from blackholes.io.safetensors import open_tensor, read_header, save_safetensors
+from blackholes.sources import load_matrix
+from blackholes.sources.hf_cache import hf_cache_dir
+from blackholes.sources.matrix import Matrix
 
 V, D = 12, 8
 

@@ -90,13 +90,13 @@ def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int, buffer: n
         np.copyto(bits, chunk, casting="safe")
         bits <<= 16
         return buffer[: stop - start]
-    from blackholes.io.safetensors import to_float32
+    from blackholes.io.dtypes import to_float32
 
     return to_float32(chunk, dtype)
 
 
 def _default_dtype(array: np.ndarray) -> str:
-    from blackholes.io.safetensors import SAFETENSORS_DTYPES
+    from blackholes.io.dtypes import SAFETENSORS_DTYPES
 
     try:
         return SAFETENSORS_DTYPES[np.dtype(array.dtype).newbyteorder("<")]
@@ -509,7 +509,7 @@ def _resolve(source, *, key, matrix, dtype):
         if arr.ndim != 2:
             raise BlackholesError(f"expected a 2-D matrix, got shape {list(arr.shape)}")
         return arr, dtype or _default_dtype(arr), "array", key or "", None
-    from blackholes.io.safetensors import load_matrix
+    from blackholes.sources import load_matrix
 
     loaded = source if hasattr(source, "array") and hasattr(source, "dtype") else load_matrix(
         source, key=key, matrix=matrix

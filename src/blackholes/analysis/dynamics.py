@@ -29,7 +29,8 @@ import numpy as np
 
 from blackholes.errors import BlackholesError
 from blackholes.training.recording import decode_metadata
-from blackholes.io.safetensors import Header, open_tensor, read_header, to_float32
+from blackholes.io.dtypes import to_float32
+from blackholes.io.safetensors import Header, open_tensor, read_header
 
 DEFAULT_STEPS = (0, 1, 2, 10, 100, 1000, 10000)
 REQUIRED_KEYS = ("embeddings", "grads", "logits")

@@ -35,7 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from blackholes.errors import BlackholesError
-from blackholes.io.safetensors import SAFETENSORS_DTYPES, STORAGE_DTYPES, Matrix, load_matrix, save_safetensors
+from blackholes.io.dtypes import SAFETENSORS_DTYPES, STORAGE_DTYPES
+from blackholes.io.safetensors import save_safetensors
+from blackholes.sources import load_matrix
+from blackholes.sources.matrix import Matrix
 
 PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
 CHUNK_BYTES = 1 << 20  # rows hashed per step: about 1 MiB, stays in L2

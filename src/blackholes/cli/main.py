@@ -83,7 +83,7 @@ def _matrix_files(m) -> list:
 
 def _run_scan(args) -> int:
     from blackholes.analysis.groups import scan
-    from blackholes.io.safetensors import load_matrix
+    from blackholes.sources import load_matrix
 
     outputs = (args.mask, args.json)
     _check_outputs(outputs, inputs=(args.source, args.tokenizer))
@@ -134,7 +134,7 @@ def _add_map(sub) -> argparse.ArgumentParser:
 
 def _run_map(args) -> int:
     from blackholes.analysis.density import density_map
-    from blackholes.io.safetensors import load_matrix
+    from blackholes.sources import load_matrix
 
     if not args.out.lower().endswith(".png"):
         raise BlackholesError(f"--out must name a .png file, got {args.out}")

@@ -31,7 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blackholes.io.safetensors import STORAGE_DTYPES, read_header
+from blackholes.io.dtypes import STORAGE_DTYPES
+from blackholes.io.safetensors import read_header
 
 _HEADER_RESERVE = 512  # spare header bytes, so an interrupted run's header fits in place
 _COPY_CHUNK = 16 << 20  # bytes moved at a time when compacting

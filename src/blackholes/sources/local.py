@@ -1,0 +1,117 @@
+"""Local safetensors: a lone file, or a Hugging Face model folder (single file or sharded).
+
+Only headers are read to choose the tensor; the chosen one is memory-mapped, and
+of a sharded model only the shard that holds it is opened.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from blackholes.errors import BlackholesError
+from blackholes.io.safetensors import Header, map_tensor, read_header, tensor_info
+from blackholes.sources.matrix import Matrix
+from blackholes.sources.names import pick_in_file, pick_in_model, short_list
+
+
+def check_2d(info: TensorInfo, path: Path) -> None:
+    if len(info.shape) != 2:
+        raise BlackholesError(
+            f"tensor {info.name!r} in {path} has shape {list(info.shape)}; expected a 2-D "
+            f"[vocab, dim] matrix (pick another with --key)"
+        )
+    if info.shape[0] == 0 or info.shape[1] == 0:
+        raise BlackholesError(f"tensor {info.name!r} in {path} is empty (shape {list(info.shape)})")
+
+
+def load_file(path: Path, key: str | None, matrix: str | None) -> Matrix:
+    header = read_header(path)
+    if key is None:
+        key, note = pick_in_file(header, matrix)
+    else:
+        note = "--key"
+    return _matrix(header, key, folder=path.parent, matrix=matrix, note=note)
+
+
+def _matrix(header: Header, key: str, *, folder: Path, matrix: str | None, note: str) -> Matrix:
+    """Memory-map ``key`` as a 2-D Matrix, with the tokenizer.json found in ``folder``."""
+    info = tensor_info(header, key)
+    check_2d(info, header.path)
+    tok = folder / "tokenizer.json"
+    return Matrix(
+        array=map_tensor(header.path, info),
+        dtype=info.dtype,
+        source=str(header.path),  # load_matrix replaces it with the source as given
+        path=header.path,
+        key=key,
+        tokenizer=tok if tok.is_file() else None,
+        matrix=matrix,
+        note=note,
+    )
+
+
+def read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BlackholesError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(doc, dict):
+        raise BlackholesError(f"unexpected contents (not a JSON object): {path}")
+    return doc
+
+
+def load_folder(folder: Path, key: str | None, matrix: str | None) -> Matrix:
+    """A Hugging Face model folder: single-file or sharded safetensors weights."""
+    index = folder / "model.safetensors.index.json"
+    single = folder / "model.safetensors"
+    if index.is_file():
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise BlackholesError(f"no weight_map in {index}")
+        keys = sorted(weight_map)
+    elif single.is_file():
+        weight_map = None
+        keys = sorted(read_header(single).tensors)
+    else:
+        others = sorted(p.name for p in folder.glob("*.safetensors"))
+        if len(others) == 1:
+            single, weight_map = folder / others[0], None
+            keys = sorted(read_header(single).tensors)
+        else:
+            found = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".gguf", ".h5"))
+            hint = f" (found {', '.join(found)}; only safetensors is read)" if found else ""
+            many = f" (several .safetensors files and no index: {', '.join(others)})" if others else ""
+            raise BlackholesError(f"no safetensors weights in {folder}{many or hint}")
+
+    config_path = folder / "config.json"
+    config = read_json(config_path) if config_path.is_file() else {}
+    if key is not None:
+        note = "--key"
+    else:
+        key, note = pick_in_model(keys, config, matrix, folder, _shape_reader(folder, weight_map, single))
+    if weight_map is not None:
+        if key not in weight_map:
+            raise BlackholesError(f"tensor {key!r} not found in {index}; keys: {short_list(keys)}")
+        path = folder / _shard_name(weight_map, key, folder)  # the one shard holding it
+    else:
+        path = single
+    return _matrix(read_header(path), key, folder=folder, matrix=matrix or "output", note=note)
+
+
+def _shard_name(weight_map: dict, key: str, folder: Path) -> str:
+    shard = weight_map[key]
+    if not isinstance(shard, str) or not shard:
+        index = folder / "model.safetensors.index.json"
+        raise BlackholesError(f"corrupt weight_map in {index}: {key!r} maps to {shard!r}, not a file name")
+    return shard
+
+
+def _shape_reader(folder: Path, weight_map: dict | None, single: Path):
+    """``shape_of(key)``, reading only the header of the file holding ``key``."""
+
+    def shape_of(key: str) -> tuple[int, ...]:
+        path = single if weight_map is None else folder / _shard_name(weight_map, key, folder)
+        return tensor_info(read_header(path), key).shape
+
+    return shape_of

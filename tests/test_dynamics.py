@@ -459,7 +459,7 @@ def test_analysis_imports_neither_torch_nor_matplotlib(rigid):
 
 @pytest.mark.parametrize("sigma", [0.0, 0.01])
 def test_recording_from_blackholes_train(tmp_path, sigma):
-    train_mod = pytest.importorskip("blackholes.train")
+    train_mod = pytest.importorskip("blackholes.training.loop")
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 20)
     config = train_mod.TrainConfig(corpus=str(corpus), sigma=sigma, steps=12, width=16, layers=1, heads=1,

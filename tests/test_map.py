@@ -141,7 +141,7 @@ def test_cli_map_with_mask_file(planted_file, tmp_path, capsys):
 
 
 def test_cli_map_auto_mask(planted_file, tmp_path):
-    pytest.importorskip("blackholes.scan")
+    pytest.importorskip("blackholes.analysis.groups")
     path, mask = planted_file
     js = tmp_path / "map.json"
     assert main(["map", str(path), "--auto-mask", "--out", str(tmp_path / "m.png"), "--json", str(js), "--quiet"]) == 0

@@ -1,31 +1,97 @@
-"""A :class:`Matrix`: one 2-D embedding matrix and where it came from."""
+"""A :class:`Matrix`: one 2-D embedding matrix, where it came from, and how to read its rows.
+
+Every source (a safetensors file or folder, a cached model id, a GGUF file, an Ollama
+model, a remote file) ends as a Matrix: ``array`` holds the rows exactly as stored
+(float dtypes as numpy values, bf16 as raw ``uint16`` bits, block-quantised GGUF rows
+as ``uint8`` bytes), so bit identity is identity of ``array``'s rows;
+:meth:`Matrix.float_rows` gives values when an analysis needs them, a chunk at a time.
+
+>>> m = Matrix(np.zeros((4, 3), np.float32), "F32", source="zeros", path=None, key="x")
+>>> m.shape, m.float_rows(1, 3).shape
+((4, 3), (2, 3))
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
+
+CHUNK_BYTES = 8 << 20  # rows read at a time by row_chunks: ~8 MiB of stored bytes
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Token strings carried by the model file itself (GGUF metadata), no tokenizer.json needed.
+
+    ``pieces`` are the raw vocabulary entries (``Ġthe``, ``▁the``, ``<0x0A>``), ``text``
+    what each decodes to (``None`` where a piece alone is not readable text), ``types``
+    the token type of each ("normal", "control", "user_defined", "unused", "byte", ...).
+    """
+
+    pieces: list[str]
+    text: list[str | None]
+    types: list[str] | None = None
+    model: str | None = None  # tokenizer model: "gpt2" (byte-level BPE), "llama" (SentencePiece), ...
+
+    @property
+    def size(self) -> int:
+        return len(self.pieces)
 
 
 @dataclass
 class Matrix:
-    """One 2-D embedding matrix, memory-mapped, and where it came from.
+    """One 2-D embedding matrix, memory-mapped (or held in memory), and where it came from.
 
-    >>> m = load_matrix("Qwen/Qwen3-4B-Instruct-2507")
+    >>> m = load_matrix(model_dir)
     >>> m.key, m.dtype, m.shape
-    ('lm_head.weight', 'BF16', (151936, 2560))
+    ('lm_head.weight', 'F32', (64, 8))
     """
 
-    array: np.ndarray  # 2-D, storage dtype (BF16 as raw uint16 bits); a memmap when read from disk
-    dtype: str  # safetensors dtype name: "BF16", "F32", ...
+    array: np.ndarray  # [rows, stored units per row]: storage dtype (BF16 as uint16 bits, quantised rows as uint8)
+    dtype: str  # safetensors dtype name ("BF16", "F32", ...) or the GGUF tensor type ("Q8_0", "Q4_K", ...)
     source: str  # as the caller gave it
-    path: Path | None  # the .safetensors file holding the tensor (None for an in-memory array)
+    path: Path | None  # the file holding the tensor (None for an in-memory array or a remote file)
     key: str  # tensor name inside that file
     tokenizer: Path | None = None  # tokenizer.json beside the model, when there is one
-    matrix: str | None = None  # "input" / "output" when chosen from a model folder
+    matrix: str | None = None  # "input" / "output" when chosen from a model
     note: str = ""  # why this tensor was picked, for the summary
+    format: str = "safetensors"  # "safetensors", "gguf", or "array"
+    quantization: str | None = None  # block-quantised GGUF type: identity is of the quantised row bytes
+    width: int | None = None  # values per row, when it differs from array.shape[1] (quantised rows)
+    vocabulary: Vocabulary | None = None  # token strings stored in the model file (GGUF)
+    tied: bool | None = None  # whether the model's output matrix is its input embedding, when known
+    revision: str | None = None  # resolved snapshot / blob digest, when the source has one
+    bytes_read: int | None = None  # bytes fetched over the network (remote sources)
+    url: str | None = None  # the remote file's URL (remote sources)
+    dequantize: Callable[[np.ndarray], np.ndarray] | None = None  # stored rows -> float32 values
 
     @property
     def shape(self) -> tuple[int, int]:
-        return tuple(self.array.shape)  # type: ignore[return-value]
+        """(rows, values per row)."""
+        return (int(self.array.shape[0]), int(self.width if self.width is not None else self.array.shape[1]))
+
+    def float_rows(self, start: int, stop: int) -> np.ndarray:
+        """float32 values of rows ``start:stop`` (widened, or dequantised with the format's own code).
+
+        Never decide identity from these: compare :attr:`array`'s rows.
+        """
+        rows = self.array[start:stop]
+        if self.dequantize is not None:
+            return self.dequantize(rows)
+        from blackholes.io.dtypes import to_float32
+
+        return to_float32(rows, self.dtype)
+
+
+def row_chunks(rows: int, row_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` row ranges of about ``chunk_bytes`` stored bytes each, covering ``rows``.
+
+    >>> list(row_chunks(10, 4, chunk_bytes=16))
+    [(0, 4), (4, 8), (8, 10)]
+    """
+    step = max(1, chunk_bytes // max(1, row_bytes))
+    for start in range(0, rows, step):
+        yield start, min(rows, start + step)

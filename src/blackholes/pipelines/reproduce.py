@@ -13,8 +13,6 @@ PosixPath('demo/report.html')
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
 import platform
@@ -27,6 +25,7 @@ import numpy as np
 
 from blackholes.analysis.dynamics import finite_or_none, format_bytes, never_drawn_tokens
 from blackholes.errors import BlackholesError
+from blackholes.render.page import Document
 from blackholes.training.recording import decode_metadata
 
 # Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps
@@ -502,119 +501,9 @@ def _followed_words(followed: list[int], never_seen: list[int]) -> str:
 # ------------------------------------------------------------------ rendering
 
 
-class _Document:
-    """A report as a list of blocks, rendered to both Markdown and one self-contained HTML page."""
-
-    def __init__(self, title: str, base: Path):
-        self.title, self.base, self.blocks = title, base, []
-
-    def heading(self, text: str, level: int = 2):
-        self.blocks.append(("h", level, text))
-
-    def para(self, text: str):
-        self.blocks.append(("p", text))
-
-    def bullets(self, items: list[str]):
-        self.blocks.append(("ul", items))
-
-    def table(self, header: list[str], rows: list[list]):
-        self.blocks.append(("table", header, [[str(c) for c in r] for r in rows]))
-
-    def image(self, path: Path, caption: str):
-        self.blocks.append(("img", path, caption))
-
-    def code(self, text: str):
-        self.blocks.append(("code", text))
-
-    def markdown(self) -> str:
-        out = [f"# {self.title}", ""]
-        for b in self.blocks:
-            kind = b[0]
-            if kind == "h":
-                out += ["#" * b[1] + " " + b[2], ""]
-            elif kind == "p":
-                out += [b[1], ""]
-            elif kind == "ul":
-                out += [f"- {item}" for item in b[1]] + [""]
-            elif kind == "table":
-                out.append("| " + " | ".join(b[1]) + " |")
-                out.append("|" + "|".join(" --- " for _ in b[1]) + "|")
-                out += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in b[2]]
-                out.append("")
-            elif kind == "img":
-                out += [f"![{b[2]}]({b[1].relative_to(self.base).as_posix()})", "", f"*{b[2]}*", ""]
-            elif kind == "code":
-                out += ["```", b[1], "```", ""]
-        return "\n".join(out)
-
-    def html(self) -> str:
-        body = [f"<h1>{_inline(self.title)}</h1>"]
-        for b in self.blocks:
-            kind = b[0]
-            if kind == "h":
-                body.append(f"<h{b[1]}>{_inline(b[2])}</h{b[1]}>")
-            elif kind == "p":
-                body.append(f"<p>{_inline(b[1])}</p>")
-            elif kind == "ul":
-                body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in b[1]) + "</ul>")
-            elif kind == "table":
-                head = "".join(f"<th>{_inline(h)}</th>" for h in b[1])
-                rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in r) + "</tr>" for r in b[2])
-                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-            elif kind == "img":
-                data = base64.b64encode(b[1].read_bytes()).decode("ascii")
-                rel = html.escape(b[1].relative_to(self.base).as_posix())
-                body.append(
-                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(b[2])}">'
-                    f'<figcaption>{_inline(b[2])} <a class="file" href="{rel}">full size: {rel}</a>'
-                    f'</figcaption></figure>'
-                )
-            elif kind == "code":
-                body.append(f"<pre><code>{html.escape(b[1])}</code></pre>")
-        return _PAGE.format(title=html.escape(self.title), body="\n".join(body))
-
-
-def _inline(text: str) -> str:
-    """Escape, then render the two Markdown marks the report uses: **bold** and `code`."""
-    import re
-
-    out = html.escape(text)
-    out = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", out)
-    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
-
-
-_PAGE = """<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>
-body {{ font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; line-height: 1.5; color: #222; }}
-h1 {{ font-size: 1.7em; border-bottom: 2px solid #333; padding-bottom: .2em; }}
-h2 {{ font-size: 1.3em; margin-top: 1.8em; border-bottom: 1px solid #ccc; }}
-table {{ border-collapse: collapse; margin: .8em 0; font-size: .92em; }}
-th, td {{ border: 1px solid #ccc; padding: .25em .6em; text-align: left; vertical-align: top; }}
-th {{ background: #f2f2f2; }}
-code, pre {{ font-family: Menlo, Consolas, monospace; font-size: .9em; background: #f6f6f6; }}
-pre {{ padding: .6em; overflow-x: auto; }}
-figure {{ margin: 1em 0; }}
-figure img {{ max-width: 100%; border: 1px solid #ddd; }}
-figcaption {{ font-size: .9em; color: #555; }}
-.file {{ color: #999; }}
-</style>
-</head>
-<body>
-{body}
-</body>
-</html>
-"""
-
-
-def _document(r: ReproduceResult, plots: dict[str, Path]) -> _Document:
+def _document(r: ReproduceResult, plots: dict[str, Path]) -> Document:
     cfg = r.config
-    doc = _Document("Black-hole tokens: a reproduction", r.out_dir)
+    doc = Document("Black-hole tokens: a reproduction", r.out_dir)
     start = ("every embedding row starting at one shared point" if cfg["sigma"] == 0
              else "every embedding row starting at its own point, scattered around one shared centre")
     doc.para(

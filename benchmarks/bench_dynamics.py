@@ -122,7 +122,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
 
-    from blackholes.analysis.dynamics import analyze, format_ids
+    from blackholes.analysis.dynamics import analyze
+    from blackholes.render.dynamics import format_ids
 
     tmp = None
     if args.recording:

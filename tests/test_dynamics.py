@@ -284,7 +284,8 @@ def test_order_key_sorts_like_floats(values):
 
 def test_public_helpers_shared_with_reproduce():
     from blackholes.pipelines import reproduce as report
-    from blackholes.analysis.dynamics import finite_or_none, format_bytes, format_ids, never_drawn_tokens
+    from blackholes.analysis.dynamics import finite_or_none, never_drawn_tokens
+    from blackholes.render.dynamics import format_bytes, format_ids
 
     assert format_ids([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
     assert format_bytes([65, 0, 32, 96, 300]) == "A \\x00 \\x20 \\x60 300"

@@ -111,7 +111,9 @@ class DynamicsResult:
 
     def report(self) -> str:
         """The printed report: the original's three sections, then every step."""
-        return _render_report(self)
+        from blackholes.render.dynamics import render_report
+
+        return render_report(self)
 
 
 # ---------------------------------------------------------------------------- analyze
@@ -606,11 +608,6 @@ def _nanmax(x: np.ndarray) -> float:
     return float(x.max()) if x.size else math.nan
 
 
-def _fmt_g(x: float | None) -> str:
-    """``1.5`` -> '1.5'; None (a value that was not finite) -> 'not finite'."""
-    return "not finite" if x is None else f"{x:g}"
-
-
 def _first_false(identical: np.ndarray, skip: np.ndarray, steps: np.ndarray) -> int | None:
     broken = np.flatnonzero(~identical & ~skip)
     return int(steps[broken[0]]) if broken.size else None
@@ -757,198 +754,6 @@ def _broken_link(r: DynamicsResult, step: int) -> str:
         return (" The logits split although the positions were identical before and after: link 1-2 failed "
                 "(identical rows scored differently).")
     return ""
-
-
-def format_ids(ids: list[int]) -> str:
-    """Sorted ids as runs.
-
-    >>> format_ids([0, 1, 2, 5, 7, 8])
-    '0-2, 5, 7-8'
-    """
-    parts, run = [], []
-    for t in ids:
-        if run and t == run[-1] + 1:
-            run.append(t)
-        else:
-            if run:
-                parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-            run = [t]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-    return ", ".join(parts)
-
-
-def format_bytes(ids: list[int], limit: int = 256) -> str:
-    """Byte ids as readable characters, space-separated; unprintable bytes, the space and the
-    Markdown marks `` ` | * \\ `` as ``\\xNN``; ids beyond 255 as numbers.
-
-    >>> format_bytes([65, 0, 32, 300])
-    'A \\x00 \\x20 300'
-    """
-    shown = []
-    for t in ids[:limit]:
-        c = chr(t) if t < 256 else None
-        if c is not None and c.isprintable() and c not in " `|*\\":
-            shown.append(c)
-        elif t < 256:
-            shown.append(f"\\x{t:02x}")
-        else:
-            shown.append(str(t))
-    more = f" … (+{len(ids) - limit})" if len(ids) > limit else ""
-    return " ".join(shown) + more
-
-
-def _render_report(r: DynamicsResult) -> str:
-    bar = "=" * 80
-    steps, vocab, dim = r.shape
-    lines = [f"Recording: {r.recording}",
-             f"  embeddings [{steps}, {vocab}, {dim}] {r.dtype}; training steps "
-             f"{r.recorded_steps[0]}-{r.recorded_steps[-1]} ({steps} recorded)"]
-    if r.metadata:
-        shown = {k: v for k, v in r.metadata.items() if k in ("sigma", "seed", "dtype", "complete")}
-        if shown:
-            lines.append("  " + ", ".join(f"{k}={v}" for k, v in shown.items()))
-    src = {"corpus": "bytes absent from the corpus", "tokens": "given with --tokens",
-           "metadata": "never_seen ids in the recording's metadata"}[r.untrained_source]
-    lines += [f"  Trained: {len(r.trained_tokens)} tokens",
-              f"  Untrained (black hole): {len(r.untrained_tokens)} tokens ({src})",
-              f"    ids: {format_ids(r.untrained_tokens)}"]
-    if vocab <= 256:
-        lines.append(f"    bytes: {format_bytes(r.untrained_tokens)}")
-    lines.append("  Identity is decided on the raw bits; distances are exact (direct differences in float64, "
-                 "mean over distinct pairs).")
-    for note in r.notes:
-        lines.append(f"  note: {note}")
-
-    def section(title, body):
-        lines.extend(["", bar, title, bar, ""] + body + [bar])
-
-    logit_body, grad_body, pos_body = [], [], []
-    for e in r.sampled:
-        s = e["step"]
-        lg = e["logits"]
-        logit_body += [f"Step {s:5d}:",
-                       f"  Untrained logits: mean={lg['mean']:+.6f}, std={lg['std']:.6e}, range={lg['range']:.6e}",
-                       "  → " + _verdict_line("Logits", lg, "std"), ""]
-        if "grads" in e:
-            g = e["grads"]
-            grad_body += [f"Step {s:5d}:",
-                          f"  Gradient norms: mean={g['norm_mean']:.6e}, std={g['norm_std']:.6e}",
-                          f"  Pairwise distances: max={g['pairwise_max']:.6e}, mean={g['pairwise_mean']:.6e}",
-                          "  → " + _verdict_line("Gradients", g, "max dist"), ""]
-        p = e["positions"]
-        pos_body += [f"Step {s:5d}:",
-                     f"  Position pairwise distances: max={p['pairwise_max']:.6e}, mean={p['pairwise_mean']:.6e}",
-                     "  → " + _verdict_line("Positions", p, "max dist"), ""]
-    if r.skipped_steps:
-        skipped = "  (skipped, not recorded: " + ", ".join(str(s) for s in r.skipped_steps) + ")"
-        for body in (logit_body, grad_body, pos_body):
-            body.append(skipped)
-    section("LOGIT ANALYSIS", logit_body)
-    section("GRADIENT ANALYSIS", grad_body)
-    section("POSITION ANALYSIS", pos_body)
-
-    # every step
-    body = []
-    n = len(r.recorded_steps)
-    names = {"logits": "Logits", "grads": "Gradients", "positions": "Positions"}
-    for q in QUANTITIES:
-        counted = n - 1 if q == "grads" else n
-        ident = r.series[f"{q}_identical"]
-        k = int(np.nansum(ident))
-        fd = r.first_divergence[q]
-        line = f"  {names[q]:9s} bit-identical at {k}/{counted} steps"
-        line += "" if fd is None else f"; first differ at step {fd}"
-        spread = r.series[f"{q}_spread"]
-        if np.any(spread > 0):
-            line += f"; max spread {np.nanmax(spread):.6e}"
-        body.append(line)
-        if r.value_equal_not_bitwise[q]:
-            ss = r.value_equal_not_bitwise[q]
-            body.append(f"    at {len(ss)} step(s) (first: {ss[0]}) rows are equal in value (distance 0) "
-                        f"but NOT bit-identical: they differ only in the sign of zero")
-    if r.trained_first_divergence:
-        body.append("  Trained tokens, for contrast: " + ", ".join(
-            f"{q} " + ("identical throughout" if r.trained_first_divergence[q] is None
-                       else f"differ from step {r.trained_first_divergence[q]}") for q in QUANTITIES))
-    disp = r.series["displacement"][1:]
-    path = float(np.nansum(disp))
-    gn = r.series["shared_grad_norm"][1:]
-    body.append(f"  Centroid: travelled {path:.6e} in total, ending {r.series['centroid_distance_from_start'][-1]:.6e}"
-                f" from where it started; speed max {_nanmax(r.series['speed'][1:]):.6e} per step,"
-                f" last {r.series['speed'][-1]:.6e}")
-    which = "Shared gradient norm" if r.identical_all_steps["grads"] else "Norm of the untrained tokens' mean gradient"
-    body.append(f"  {which}: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {_nanmax(gn):.6e}")
-    fz = r.freeze
-    if r.recorded_steps[-1] != n - 1:  # --every K: changes are measured between consecutive records
-        body.append("  (recorded every few steps: frozen and update sizes below compare consecutive records, "
-                    "not single training steps)")
-    if fz["frozen_count"]:
-        body.append(f"  Frozen (no bit of the hole changed) at {fz['frozen_count']} of {n - 1} steps, first at step "
-                    f"{fz['first_frozen']}; at {fz['frozen_with_gradient_count']} of them the gradient was not zero "
-                    f"yet no bit moved (an update below one ulp of {fz['dtype']} rounds away)")
-    else:
-        body.append("  Never frozen: the hole moved at every step")
-    first_ulps, last_ulps = fz["update_ulps_median_first"], fz["update_ulps_median_last"]
-    if first_ulps is not None or last_ulps is not None:  # None: not finite (e.g. the run went NaN)
-        body.append(f"  Update size (median over the hole's coordinates): {_fmt_g(first_ulps)} ulp of "
-                    f"{fz['dtype']} at the first step, {_fmt_g(last_ulps)} at the last; below 1 ulp "
-                    f"(most coordinates unchanged) at {fz['steps_median_update_below_1_ulp']} of {n - 1} steps")
-    if fz["steps_partly_frozen"]:
-        body.append(f"  Partly frozen at {fz['steps_partly_frozen']} steps (some coordinates' updates rounded away; "
-                    f"on average {100 * fz['mean_frozen_fraction']:.1f}% of coordinates unchanged per step)")
-    if r.never_drawn_tokens is not None:
-        if not r.never_drawn_tokens:
-            body.append("  Tokens in the corpus but never drawn into a batch: none")
-        else:
-            nd = r.never_drawn
-            stays = "stay in the hole (bit-identical to it at every step)" if nd["stays_in_hole"] else (
-                "leave the hole: " + ", ".join(f"{q} differ from step {s}" for q, s in nd["first_divergence"].items()
-                                              if s is not None))
-            body.append(f"  Tokens in the corpus but never drawn into a batch: {len(r.never_drawn_tokens)} "
-                        f"({format_ids(r.never_drawn_tokens)}); they {stays}")
-    section(f"EVERY STEP ({n} recorded steps)", body)
-
-    ok = r.identical_all_steps
-    mark = {True: "✓", False: "✗"}
-    summary = [
-        "Hypothesis: Black hole moves because untrained tokens receive identical gradients.",
-        "",
-        "Causal chain:",
-        "  1. Tokens at same position → identical when dotted with hidden state",
-        "  2. Identical dot products → identical logits",
-        "  3. Identical logits → identical gradients (after loss backward)",
-        "  4. Identical gradients → tokens move together (stay coincident)",
-        "  5. Still coincident → cycle repeats",
-        "",
-        f"Result: {r.verdict}",
-        "",
-        f"Checked at every recorded step, bit for bit:",
-        f"  {mark[ok['positions']]} Positions identical? (supermassive BH = all at one point)",
-        f"  {mark[ok['logits']]} Logits identical? (same position → same score)",
-        f"  {mark[ok['grads']]} Gradients identical? (same score → same update)",
-    ]
-    if r.rigid_body:
-        summary += ["", "Implication for thermodynamics:",
-                    "  The black hole HAS NO INTERNAL MOTION.",
-                    "  It moves as a single object, not a gas of particles.",
-                    "  Temperature of black hole = 0 (no relative motion)."]
-    section("SUMMARY", summary)
-    return "\n".join(lines)
-
-
-def _verdict_line(name: str, e: dict, metric: str) -> str:
-    v = e["verdict"]
-    if v == "IDENTICAL":
-        extra = ": all tokens at same point" if name == "Positions" else ""
-        return f"{name} are IDENTICAL (bit-for-bit{extra})"
-    if v == "equal in value, not bitwise":
-        return (f"{name} are equal in value (distance 0) but NOT bit-identical: "
-                f"they differ only in the sign of zero")
-    if v == "nearly identical":
-        extra = " (tight cluster)" if name == "Positions" else ""
-        return f"{name} are nearly identical ({metric} < 1e-3){extra}"
-    return f"{name} vary" + (" (tokens spread out)" if name == "Positions" else "")
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blackholes.analysis.dynamics import finite_or_none, format_bytes, never_drawn_tokens
+from blackholes.analysis.dynamics import finite_or_none, never_drawn_tokens
+from blackholes.render.dynamics import format_bytes
 from blackholes.errors import BlackholesError
 from blackholes.render.page import Document
 from blackholes.training.recording import decode_metadata

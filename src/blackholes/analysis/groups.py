@@ -35,10 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from blackholes.errors import BlackholesError
-from blackholes.io.dtypes import SAFETENSORS_DTYPES, STORAGE_DTYPES
 from blackholes.io.safetensors import save_safetensors
-from blackholes.sources import load_matrix
-from blackholes.sources.matrix import Matrix
+from blackholes.sources.load import as_matrix
 
 PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
 CHUNK_BYTES = 1 << 20  # rows hashed per step: about 1 MiB, stays in L2
@@ -148,44 +146,9 @@ class ScanResult:
 
     def summary(self, top: int = 10) -> str:
         """The printed report, in the words of the original notebook."""
-        n, d = self.shape
-        where = f"{self.key} in {self.path}" if self.path else self.key
-        lines = [f"Scanning {where}" + (f"  ({self.note})" if self.note else "")]
-        lines += [f"  Shape: ({n:,}, {d:,})", f"  Dtype: {self.dtype}", ""]
-        lines += [
-            "Degeneracy analysis:",
-            f"  Unique vectors: {self.unique_vectors:,}",
-            f"  Degenerate groups: {len(self.groups):,}",
-            f"  Total black hole tokens: {self.black_hole_tokens:,} ({self.black_hole_tokens / n * 100:.2f}%)",
-        ]
-        if self.vocab_size is not None and n > self.vocab_size:
-            pad = int(self.mask[self.vocab_size :].sum())
-            lines.append(
-                f"  Padding rows (beyond the tokenizer's {self.vocab_size:,} tokens): {n - self.vocab_size:,}, "
-                f"{pad:,} of them black holes"
-            )
-        if self.groups and top > 0:
-            lines += ["", "Largest degenerate groups:"]
-            for g in self.groups[:top]:
-                lines.append(f"  {g.id}. {g.size:,} tokens" + _examples(g))
-            if len(self.groups) > top:
-                lines.append(f"  ... {len(self.groups) - top} more (--top N, or --json for all)")
-        elif not self.groups:
-            lines += ["", "No black holes: every row is unique."]
-        return "\n".join(lines)
+        from blackholes.render.text import scan_summary
 
-
-def _examples(g: Group, show: int = 4) -> str:
-    """A few of a group's tokens, e.g. "  ids 151669-151935: '<|x|>', 'y', … (+803)"."""
-    ids = g.token_ids
-    text = f"   ids {ids[0]}..{ids[-1]}" if ids[-1] - ids[0] + 1 == len(ids) else f"   ids {ids[:show]}"[:-1]
-    if g.tokens is None:
-        if ids[-1] - ids[0] + 1 == len(ids):
-            return text
-        return text + (", ...]" if len(ids) > show else "]")
-    shown = [repr(s) if s is not None else "<pad>" for s in g.tokens[:show]]
-    more = f" (+{len(ids) - show} more)" if len(ids) > show else ""
-    return f"   e.g. {', '.join(shown)}{more}"
+        return scan_summary(self, top=top)
 
 
 # ---------------------------------------------------------------------------- API
@@ -211,7 +174,7 @@ def scan(
     >>> r = scan(np.load("emb.npy"))                       # any 2-D array
     >>> [g.size for g in r.groups]
     """
-    m = _as_matrix(source, key=key, matrix=matrix, dtype=dtype)
+    m = as_matrix(source, key=key, matrix=matrix, dtype=dtype)
     n, d = m.shape
     t0 = time.perf_counter()
     found = find_groups(m.array)
@@ -254,48 +217,6 @@ def scan(
         note=m.note,
         seconds=seconds,
     )
-
-
-_NAMED_DTYPES = {"bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
-
-
-def _as_matrix(source, *, key, matrix, dtype) -> Matrix:
-    if isinstance(source, Matrix):
-        return source
-    if isinstance(source, (str, os.PathLike)):
-        return load_matrix(source, key=key, matrix=matrix)
-    if hasattr(source, "detach") and hasattr(source, "dtype"):  # a torch tensor, without importing torch
-        t = source.detach().cpu()
-        name = str(t.dtype).replace("torch.", "")
-        if name in _NAMED_DTYPES:
-            import torch  # only reached when the caller already has torch
-
-            bits = t.contiguous().view(torch.int16 if name == "bfloat16" else torch.int8).numpy()
-            array = bits.view(np.uint16 if name == "bfloat16" else np.uint8)
-            dtype = dtype or _NAMED_DTYPES[name]
-        else:
-            array = t.numpy()
-    else:
-        array = source
-    if not isinstance(array, np.ndarray):
-        raise BlackholesError(f"cannot scan a {type(source).__name__}; pass a path, a model id or a 2-D array")
-    if dtype is None:
-        if array.dtype.name in _NAMED_DTYPES:  # ml_dtypes bfloat16 / fp8 arrays
-            dtype = _NAMED_DTYPES[array.dtype.name]
-            array = array.view(STORAGE_DTYPES[dtype])
-        else:
-            dtype = SAFETENSORS_DTYPES.get(array.dtype.newbyteorder("<"))
-            if dtype is None:
-                raise BlackholesError(f"unsupported array dtype {array.dtype}; pass dtype=")
-    elif dtype not in STORAGE_DTYPES:
-        raise BlackholesError(f"unknown dtype {dtype!r}; one of {', '.join(STORAGE_DTYPES)}")
-    elif STORAGE_DTYPES[dtype].itemsize != array.dtype.itemsize:
-        raise BlackholesError(f"a {array.dtype} array cannot hold {dtype} values")
-    if array.ndim != 2:
-        raise BlackholesError(f"expected a 2-D [vocab, dim] matrix, got shape {list(array.shape)}")
-    if array.size == 0:
-        raise BlackholesError(f"the matrix is empty (shape {list(array.shape)})")
-    return Matrix(array=array, dtype=dtype, source="<array>", path=None, key="<array>")
 
 
 # ---------------------------------------------------------------------------- the algorithm

@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from blackholes.errors import BlackholesError
+from blackholes.io.dtypes import NAMED_DTYPES, SAFETENSORS_DTYPES, STORAGE_DTYPES
 from blackholes.sources.hf_cache import cached_snapshot, looks_like_model_id
 from blackholes.sources.local import load_file, load_folder
 from blackholes.sources.matrix import Matrix
@@ -37,3 +40,48 @@ def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str |
         raise BlackholesError(f"no such file or directory: {text}")
     m.source = text
     return m
+
+
+def as_matrix(source, *, key=None, matrix=None, dtype=None) -> Matrix:
+    """A :class:`Matrix` from a Matrix, a path or model id (:func:`load_matrix`), a torch tensor
+    or a 2-D numpy array (``dtype`` names its safetensors dtype, e.g. ``"BF16"`` for uint16 bits).
+
+    >>> as_matrix(np.zeros((3, 2), np.float16)).dtype
+    'F16'
+    """
+    if isinstance(source, Matrix):
+        return source
+    if isinstance(source, (str, os.PathLike)):
+        return load_matrix(source, key=key, matrix=matrix)
+    if hasattr(source, "detach") and hasattr(source, "dtype"):  # a torch tensor, without importing torch
+        t = source.detach().cpu()
+        name = str(t.dtype).replace("torch.", "")
+        if name in NAMED_DTYPES:
+            import torch  # only reached when the caller already has torch
+
+            bits = t.contiguous().view(torch.int16 if name == "bfloat16" else torch.int8).numpy()
+            array = bits.view(np.uint16 if name == "bfloat16" else np.uint8)
+            dtype = dtype or NAMED_DTYPES[name]
+        else:
+            array = t.numpy()
+    else:
+        array = source
+    if not isinstance(array, np.ndarray):
+        raise BlackholesError(f"cannot scan a {type(source).__name__}; pass a path, a model id or a 2-D array")
+    if dtype is None:
+        if array.dtype.name in NAMED_DTYPES:  # ml_dtypes bfloat16 / fp8 arrays
+            dtype = NAMED_DTYPES[array.dtype.name]
+            array = array.view(STORAGE_DTYPES[dtype])
+        else:
+            dtype = SAFETENSORS_DTYPES.get(array.dtype.newbyteorder("<"))
+            if dtype is None:
+                raise BlackholesError(f"unsupported array dtype {array.dtype}; pass dtype=")
+    elif dtype not in STORAGE_DTYPES:
+        raise BlackholesError(f"unknown dtype {dtype!r}; one of {', '.join(STORAGE_DTYPES)}")
+    elif STORAGE_DTYPES[dtype].itemsize != array.dtype.itemsize:
+        raise BlackholesError(f"a {array.dtype} array cannot hold {dtype} values")
+    if array.ndim != 2:
+        raise BlackholesError(f"expected a 2-D [vocab, dim] matrix, got shape {list(array.shape)}")
+    if array.size == 0:
+        raise BlackholesError(f"the matrix is empty (shape {list(array.shape)})")
+    return Matrix(array=array, dtype=dtype, source="<array>", path=None, key="<array>")

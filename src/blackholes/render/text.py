@@ -1,0 +1,46 @@
+"""Text summaries printed at the terminal."""
+
+from __future__ import annotations
+
+
+def scan_summary(r, top: int = 10) -> str:
+    """The printed report of a :class:`~blackholes.analysis.groups.ScanResult`, in the words of the
+    original notebook: shape and dtype, unique vectors, groups, and the largest groups."""
+    n, d = r.shape
+    where = f"{r.key} in {r.path}" if r.path else r.key
+    lines = [f"Scanning {where}" + (f"  ({r.note})" if r.note else "")]
+    lines += [f"  Shape: ({n:,}, {d:,})", f"  Dtype: {r.dtype}", ""]
+    lines += [
+        "Degeneracy analysis:",
+        f"  Unique vectors: {r.unique_vectors:,}",
+        f"  Degenerate groups: {len(r.groups):,}",
+        f"  Total black hole tokens: {r.black_hole_tokens:,} ({r.black_hole_tokens / n * 100:.2f}%)",
+    ]
+    if r.vocab_size is not None and n > r.vocab_size:
+        pad = int(r.mask[r.vocab_size :].sum())
+        lines.append(
+            f"  Padding rows (beyond the tokenizer's {r.vocab_size:,} tokens): {n - r.vocab_size:,}, "
+            f"{pad:,} of them black holes"
+        )
+    if r.groups and top > 0:
+        lines += ["", "Largest degenerate groups:"]
+        for g in r.groups[:top]:
+            lines.append(f"  {g.id}. {g.size:,} tokens" + _examples(g))
+        if len(r.groups) > top:
+            lines.append(f"  ... {len(r.groups) - top} more (--top N, or --json for all)")
+    elif not r.groups:
+        lines += ["", "No black holes: every row is unique."]
+    return "\n".join(lines)
+
+
+def _examples(g, show: int = 4) -> str:
+    """A few of a group's tokens, e.g. "  ids 151669-151935: '<|x|>', 'y', … (+803)"."""
+    ids = g.token_ids
+    text = f"   ids {ids[0]}..{ids[-1]}" if ids[-1] - ids[0] + 1 == len(ids) else f"   ids {ids[:show]}"[:-1]
+    if g.tokens is None:
+        if ids[-1] - ids[0] + 1 == len(ids):
+            return text
+        return text + (", ...]" if len(ids) > show else "]")
+    shown = [repr(s) if s is not None else "<pad>" for s in g.tokens[:show]]
+    more = f" (+{len(ids) - show} more)" if len(ids) > show else ""
+    return f"   e.g. {', '.join(shown)}{more}"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from _helpers import planted
+from conftest import planted
 
 import blackholes
 import blackholes.analysis.groups as scan_module

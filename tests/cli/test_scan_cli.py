@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _helpers import planted
+from conftest import assert_one_line_error, planted, run_blackholes
 from safetensors.numpy import save_file
 
 from blackholes.cli import main
@@ -29,10 +29,7 @@ def scan_file(tmp_path):
 
 
 def run(*argv, env=None):
-    return subprocess.run(
-        [sys.executable, "-m", "blackholes", *map(str, argv)],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120,
-    )
+    return run_blackholes(*argv, env=env)
 
 
 def test_scan_writes_mask_and_report(scan_file, tmp_path):
@@ -148,11 +145,7 @@ def test_error_in_a_real_process_has_no_traceback(tmp_path):
 
 
 def _refused(argv, capsys, words="is an input of this command"):
-    status = main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert status == 2 and err.startswith("blackholes: error: ") and err.count("\n") == 1, err
-    assert words in err, err
-    return err
+    return assert_one_line_error(main([str(a) for a in argv]), capsys.readouterr().err, words)
 
 
 def test_outputs_that_are_inputs_are_refused(scan_file, tmp_path, capsys):

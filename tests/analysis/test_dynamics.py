@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blackholes.cli import main
+from conftest import SHARED, assert_one_line_error
 from blackholes.analysis.dynamics import _order_key, _pairwise, _ulp, analyze, parse_steps, parse_tokens
 from blackholes.errors import BlackholesError
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 UNTRAINED = [3, 5, 7, 11]
 
 
@@ -380,10 +380,7 @@ def test_metadata_value_that_is_not_a_string_is_taken_as_given(tmp_path, capsys)
 
 
 def _error(argv, capsys) -> str:
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("blackholes: error: ") and err.count("\n") == 1 and "Traceback" not in err
-    return err
+    return assert_one_line_error(main(argv), capsys.readouterr().err)
 
 
 def test_bad_inputs_give_one_line(tmp_path, capsys):

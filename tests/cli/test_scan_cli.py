@@ -215,7 +215,7 @@ def test_map_output_errors_come_before_the_work(scan_file, tmp_path, capsys, mon
 
 def test_check_output_path(tmp_path, monkeypatch):
     import blackholes.io.atomic
-    from blackholes.io.atomic import check_output_path
+    from blackholes.io.paths import check_output_path
 
     src = tmp_path / "in.safetensors"
     src.write_bytes(b"x")
@@ -231,7 +231,7 @@ def test_check_output_path(tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     if os.geteuid() == 0:  # root may write anywhere: pretend it may not
-        monkeypatch.setattr(blackholes.io.atomic.os, "access", lambda p, mode: os.fspath(p) != str(locked))
+        monkeypatch.setattr(blackholes.io.paths.os, "access", lambda p, mode: os.fspath(p) != str(locked))
     try:
         with pytest.raises(BlackholesError, match="permission denied"):
             check_output_path(locked / "o.json")

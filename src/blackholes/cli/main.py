@@ -13,7 +13,9 @@ printed here as one line on stderr with exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
+import signal
 import sys
 
 from blackholes import __version__
@@ -57,16 +59,11 @@ def _add_scan(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _check_outputs(outputs, inputs=()) -> None:
-    """Fail before any work, not after it, when an output cannot be written, is
-    given twice, or would overwrite a file the command reads."""
-    from blackholes.io.atomic import check_output_path, same_file
+def _check_outputs(outputs, inputs=(), removals=()) -> None:
+    """Fail before any work, not after it (see :func:`blackholes.io.paths.check_outputs`)."""
+    from blackholes.io.paths import check_outputs
 
-    outs = [out for out in outputs if out]
-    for i, out in enumerate(outs):
-        check_output_path(out, inputs=inputs)
-        if any(same_file(out, other) for other in outs[:i]):
-            raise BlackholesError(f"two outputs name the same file: {out}")
+    check_outputs(outputs, inputs=inputs, removals=removals)
 
 
 def _matrix_files(m) -> list:
@@ -386,23 +383,71 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    _printable_anywhere()
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "quiet", False):  # --quiet: errors only, no library warnings either
+        import warnings
+
+        warnings.simplefilter("ignore")
     try:
-        status = args._run(args)
+        with _signals_as_interrupts() as received:
+            status = args._run(args)
         # Exit without a final garbage-collection sweep over the objects torch.compile
         # leaves behind (~1 s at interpreter shutdown after `train`): nothing is left to free.
         gc.freeze()
         return status
     except BlackholesError as e:
-        print(f"blackholes: error: {e}", file=sys.stderr)
+        print(f"blackholes: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("blackholes: interrupted", file=sys.stderr)
-        return 130
+        name = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}.get(received[0], "interrupted")
+        print(f"blackholes: {name}", file=sys.stderr)
+        return 128 + int(received[0] or signal.SIGINT)
     except BrokenPipeError:
         return 1
+    except MemoryError:
+        print("blackholes: error: out of memory (the sizes asked for do not fit in this machine's memory)",
+              file=sys.stderr)
+        return 2
     except OSError as e:  # disk full, permission denied, ...: the OS's words, one line
         name = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"blackholes: error: {e.strerror or e}{name}", file=sys.stderr)
         return 2
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "failed"
+
+
+def _printable_anywhere() -> None:
+    """An ASCII-only or non-UTF-8 terminal gets escapes for what it cannot show, never a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a stream that cannot be reconfigured: leave it
+                pass
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts():
+    """SIGTERM (a scheduler's stop) and SIGHUP (a closed terminal) stop a run like Ctrl-C does:
+    at a safe point, keeping a valid output marked incomplete, or none. Yields [signal received]."""
+    received = [None]
+
+    def handler(signum, frame):
+        received[0] = signum
+        raise KeyboardInterrupt
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
+            pass
+    try:
+        yield received
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

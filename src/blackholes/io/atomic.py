@@ -1,56 +1,23 @@
 """Atomic output: a file appears complete under its final name, or not at all.
 
 Every file the toolkit writes goes through :func:`atomic_path`: the content is
-written to a temporary name in the same directory, flushed to disk, then renamed
-over the target (``os.replace`` is atomic on POSIX). An exception or Ctrl-C before
-the rename removes the temporary file and leaves any previous file untouched.
+written to a temporary name in the same directory (``.NAME.<pid>.<random>.tmp``),
+flushed to disk, then renamed over the target (``os.replace`` is atomic on POSIX).
+An exception, Ctrl-C, SIGTERM or SIGHUP before the rename removes the temporary file
+and leaves any previous file untouched; a temporary left by a killed process is
+removed by the next run writing the same output. What may be written where is
+checked beforehand in :mod:`blackholes.io.paths`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
-
-
-def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
-    """Whether two paths name one file: through links, ``..`` and hard links alike.
-
-    >>> same_file("model.safetensors", "./sub/../model.safetensors")
-    True
-    """
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one does not exist (yet): compare where they would be
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def check_output_path(path: str | os.PathLike, *, inputs=()) -> Path:
-    """Refuse, before any work is done, an output that cannot be written or that
-    would overwrite one of ``inputs`` (the files the command reads; ``None`` skipped).
-
-    Raises :class:`BlackholesError` with a one-line reason; returns ``Path(path)``.
-
-    >>> check_output_path("mask.safetensors", inputs=["model.safetensors"])
-    PosixPath('mask.safetensors')
-    """
-    from blackholes.errors import BlackholesError
-
-    out = Path(path)
-    if out.is_dir():
-        raise BlackholesError(f"output path is a directory: {out}")
-    parent = out.parent  # Path("x").parent is Path(".")
-    if not parent.is_dir():
-        raise BlackholesError(f"output directory does not exist: {parent}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise BlackholesError(f"cannot write to {parent} (permission denied)")
-    for source in inputs:
-        if source is not None and same_file(out, source):
-            raise BlackholesError(f"output {out} is an input of this command ({source}); choose another path")
-    return out
 
 
 @contextlib.contextmanager
@@ -66,7 +33,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         from blackholes.errors import BlackholesError
 
         raise BlackholesError(f"output directory does not exist: {parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -84,6 +52,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete ``.NAME.<pid>.*.tmp`` files beside ``path`` whose writing process is gone.
+
+    A run killed outright (SIGKILL, power loss) cannot clean up after itself; the next run
+    writing the same output does. A temporary of a process still alive is left alone.
+
+    >>> remove_stale_temporaries("scan.json")
+    []
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    removed = []
+    for tmp in parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically.
 
@@ -91,12 +90,6 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-
-
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def write_json(path: str | os.PathLike, obj) -> None:

@@ -207,9 +207,14 @@ def _run_dynamics(args) -> int:
 
     from blackholes.analysis.dynamics import analyze
 
-    _check_outputs((args.json,), inputs=(args.recording, args.corpus))
     if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
         raise BlackholesError(f"--plots must be a directory: {args.plots}")
+    plots = []
+    if args.plots:
+        from blackholes.render.plots import dynamics_plot_paths
+
+        plots = dynamics_plot_paths(args.plots) if os.path.isdir(args.plots) else []
+    _check_outputs([args.json, *plots], inputs=(args.recording, args.corpus))
     result = analyze(args.recording, corpus=args.corpus, tokens=args.tokens, steps=args.steps)
     if not args.quiet:
         print(result.report())

@@ -13,6 +13,7 @@ PosixPath('demo/report.html')
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -182,6 +183,7 @@ def reproduce(
     if not corpus_path.is_file():
         raise BlackholesError(f"no such corpus file: {corpus_path}")
     files = {k: out / v for k, v in FILES.items()}
+    _check_files(out, files, corpus_path, force)
     try:
         config = TrainConfig(corpus=corpus if corpus is None else str(corpus), sigma=sigma, steps=steps, seed=seed,
                              dtype=dtype, **(recipe or {}))
@@ -189,7 +191,22 @@ def reproduce(
         raise BlackholesError(f"unknown training setting: {e}") from None
     config.validate()
     load_corpus(config)  # a byte outside the vocabulary fails here, before anything is written
+    made_plots = not (out / "plots").exists()
     (out / "plots").mkdir(parents=True, exist_ok=True)  # only once every setting is valid
+    try:
+        return _run(out, files, config, corpus_path, command, corpus, steps, sigma, seed, dtype, recipe,
+                    progress, say)
+    except BaseException:
+        if made_plots:  # a failed run leaves no empty plots/ that would make the retry need --force
+            with contextlib.suppress(OSError):
+                (out / "plots").rmdir()
+        raise
+
+
+def _run(out, files, config, corpus_path, command, corpus, steps, sigma, seed, dtype, recipe, progress, say):
+    from blackholes import __version__
+    from blackholes.training.loop import train
+
     command = command or canonical_command(out, corpus, steps, sigma, seed, dtype, recipe)
     seconds: dict[str, float] = {}
     t_all = time.perf_counter()
@@ -304,11 +321,26 @@ def reproduce(
     return result
 
 
+def _previous_outputs(out: Path) -> list[Path]:
+    """Every file a ``reproduce`` writes into ``out``: the only files ``--force`` may remove."""
+    from blackholes.render.plots import dynamics_plot_paths
+
+    return [out / name for name in FILES.values()] + dynamics_plot_paths(out / "plots")
+
+
+def _check_files(out: Path, files: dict, corpus_path: Path, force: bool) -> None:
+    """Before anything is written or removed: no output, and no file --force would remove, is the corpus."""
+    from blackholes.io.paths import check_outputs
+
+    outputs = _previous_outputs(out)
+    stale = [p for p in outputs if p.exists()] if force else []
+    inside = [p for p in outputs if p.parent.is_dir()]  # plots/ may not exist yet: checked when it does
+    check_outputs(inside, inputs=[corpus_path], removals=stale)
+
+
 def _remove_previous(out: Path) -> None:
     """Delete the files an earlier ``reproduce`` wrote into ``out`` (only those names)."""
-    stale = [out / name for name in FILES.values()]
-    stale += [out / "plots" / f"{stem}.png" for stem in ("dynamics_spread", "dynamics_speed", "dynamics_logits")]
-    for path in stale:
+    for path in _previous_outputs(out):
         path.unlink(missing_ok=True)
 
 

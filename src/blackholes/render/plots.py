@@ -210,11 +210,20 @@ def plot_dynamics(result, out_dir: str | os.PathLike) -> list[Path]:
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return [
-        _plot_spread(result, out / "dynamics_spread.png"),
-        _plot_speed(result, out / "dynamics_speed.png"),
-        _plot_logits(result, out / "dynamics_logits.png"),
-    ]
+    spread, speed, logits = dynamics_plot_paths(out)
+    return [_plot_spread(result, spread), _plot_speed(result, speed), _plot_logits(result, logits)]
+
+
+DYNAMICS_PLOTS = ("dynamics_spread.png", "dynamics_speed.png", "dynamics_logits.png")
+
+
+def dynamics_plot_paths(out_dir: str | os.PathLike) -> list[Path]:
+    """The files :func:`plot_dynamics` writes into ``out_dir`` (checked before any work is done).
+
+    >>> [p.name for p in dynamics_plot_paths("plots")]
+    ['dynamics_spread.png', 'dynamics_speed.png', 'dynamics_logits.png']
+    """
+    return [Path(out_dir) / name for name in DYNAMICS_PLOTS]
 
 
 def _step_axis(ax, steps) -> None:

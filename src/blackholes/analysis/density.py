@@ -75,7 +75,8 @@ def _chunk_rows(dim: int) -> int:
     return max(1, _CHUNK_BYTES // (4 * max(dim, 1)))
 
 
-def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int, buffer: np.ndarray | None = None):
+def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int, buffer: np.ndarray | None = None,
+                 scale: float = 1.0):
     """Rows ``start:stop`` as float32: a view when stored as float32, else widened.
 
     bf16 is widened into ``buffer`` in place (the same bits as ``tensors.to_float32``:
@@ -83,6 +84,11 @@ def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int, buffer: n
     and pass cost more than the matrix products themselves.
     """
     chunk = array[start:stop]
+    if scale != 1.0:  # extreme magnitudes: widen in float64, scale exactly, then float32
+        from blackholes.io.dtypes import to_float32
+
+        wide = np.asarray(chunk, np.float64) if dtype != "BF16" else to_float32(chunk, dtype).astype(np.float64)
+        return (wide * scale).astype(np.float32)
     if chunk.dtype == np.float32:
         return np.asarray(chunk)
     if dtype == "BF16" and buffer is not None:
@@ -93,6 +99,43 @@ def _float_chunk(array: np.ndarray, dtype: str, start: int, stop: int, buffer: n
     from blackholes.io.dtypes import to_float32
 
     return to_float32(chunk, dtype)
+
+
+def power_of_two_scale(array: np.ndarray, dtype: str) -> float:
+    """A power of two ``s`` such that ``s * max|x|`` lies in [1, 2): 1.0 when the values are already
+    of moderate size (2**-20 .. 2**20), so the usual matrix is projected exactly as before.
+
+    Multiplying by a power of two changes only exponents, so nothing is rounded (short of
+    subnormals); the PCA of ``s * X`` scaled back is that of ``X`` without float32 overflow
+    at 1e18 or underflow of the squares at 1e-30. Read from the raw bits: one integer pass.
+
+    >>> power_of_two_scale(np.array([[3e-30, -1e-30]], np.float32), "F32") == 2.0 ** 98
+    True
+    """
+    from blackholes.io.dtypes import BITS
+
+    if dtype not in BITS:
+        return 1.0
+    width = BITS[dtype].itemsize * 8
+    magnitude = np.uint64((1 << (width - 1)) - 1)  # every bit but the sign
+    top = 0
+    step = _chunk_rows(array.shape[1])
+    for start in range(0, array.shape[0], step):
+        bits = np.asarray(array[start:start + step]).view(BITS[dtype])
+        top = max(top, int((bits & bits.dtype.type(magnitude)).max(initial=0)))
+    biggest = float(_bits_to_float(top, dtype))
+    if not np.isfinite(biggest) or biggest == 0 or 2.0 ** -20 <= biggest < 2.0 ** 20:
+        return 1.0
+    return float(2.0 ** -np.floor(np.log2(biggest)))
+
+
+def _bits_to_float(bits: int, dtype: str) -> float:
+    """The value of one raw bit pattern of a float dtype."""
+    if dtype == "BF16":
+        return float(np.array([bits << 16], np.uint32).view(np.float32)[0])
+    from blackholes.io.dtypes import BITS
+
+    return float(np.array([bits], BITS[dtype]).view({"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype])[0])
 
 
 def _default_dtype(array: np.ndarray) -> str:
@@ -146,6 +189,7 @@ def pca_sets(
     step = _chunk_rows(D)
     weights = np.stack(sel, axis=1).astype(np.float32)  # [V, S], 1 = row in set
     buffer = np.empty((min(step, V), D), np.float32) if dtype == "BF16" else None
+    scale = power_of_two_scale(array, dtype)  # 1.0 unless the values are extreme
 
     rng = np.random.default_rng(seed)
     omega = [rng.standard_normal((D, width)) for _ in range(S)]
@@ -165,7 +209,7 @@ def pca_sets(
             colsum = np.zeros((S, width))
         for start in range(0, V, step):
             stop = min(start + step, V)
-            x = _float_chunk(array, dtype, start, stop, buffer)
+            x = _float_chunk(array, dtype, start, stop, buffer, scale)
             w = weights[start:stop]
             y = x @ om32  # [rows, S*width]
             if first:
@@ -200,14 +244,14 @@ def pca_sets(
     dots = np.empty((V, S))
     for start in range(0, V, step):
         stop = min(start + step, V)
-        x = _float_chunk(array, dtype, start, stop, buffer)
+        x = _float_chunk(array, dtype, start, stop, buffer, scale)
         p = x @ basis
         z[start:stop] = p[:, : S * width]
         dots[start:stop] = p[:, S * width:]
     bar.update(1)
     bar.close()
 
-    norms = np.sqrt(np.maximum(sq_norms, 0.0))
+    norms = np.sqrt(np.maximum(sq_norms, 0.0)) / scale
     out = []
     for s in range(S):
         zs = z[:, s * width:(s + 1) * width].astype(np.float64) - means[s] @ omega[s]
@@ -226,10 +270,10 @@ def pca_sets(
         out.append(
             Projection(
                 components=components,
-                mean=means[s],
-                explained_variance=np.maximum(evals, 0) / denom,
-                total_variance=float(max(centred_sq.sum(), 0.0) / denom),
-                coords=(zs @ evecs).astype(np.float32),
+                mean=means[s] / scale,
+                explained_variance=np.maximum(evals, 0) / denom / scale**2,
+                total_variance=float(max(centred_sq.sum(), 0.0) / denom / scale**2),
+                coords=((zs @ evecs) / scale).astype(np.float32),
                 rows=sel[s],
                 passes=n_iter + 1,
             )
@@ -380,11 +424,28 @@ def read_mask(path: str | os.PathLike, vocab: int) -> tuple[np.ndarray, np.ndarr
         )
     if mask.dtype != np.bool_:
         mask = mask != 0
-    ids = None
-    info = header.tensors.get("black_hole_id")
-    if info is not None and info.shape == (vocab,):
-        ids = np.asarray(open_tensor(path, "black_hole_id", header)).astype(np.int64)
-    return np.array(mask, dtype=bool), ids
+    mask = np.array(mask, dtype=bool)
+    if "black_hole_id" not in header.tensors:
+        return mask, None
+    return mask, _checked_ids(open_tensor(path, "black_hole_id", header), mask, path)
+
+
+def _checked_ids(raw: np.ndarray, mask: np.ndarray, path) -> np.ndarray:
+    """A mask file's ``black_hole_id``: integers, 0 exactly where ``mask`` is False, ids 1..rows."""
+    where = f"black_hole_id in {path}"
+    if raw.ndim != 1 or raw.shape[0] != mask.shape[0]:
+        raise BlackholesError(f"{where} has shape {list(raw.shape)}, expected [{mask.shape[0]}] like its mask")
+    if raw.dtype.kind not in "iu":
+        raise BlackholesError(f"{where} must hold integers, not {raw.dtype}")
+    ids = np.asarray(raw).astype(np.int64)
+    if ids.size and (ids.min() < 0 or ids.max() > mask.shape[0]):
+        raise BlackholesError(f"{where} holds ids outside 0-{mask.shape[0]} (found {ids.min()} to {ids.max()})")
+    disagree = np.flatnonzero((ids > 0) != mask)
+    if disagree.size:
+        t = int(disagree[0])
+        raise BlackholesError(f"{where} disagrees with its mask at {disagree.size:,} rows (first: row {t}, "
+                              f"mask {bool(mask[t])}, id {int(ids[t])}); rewrite it with `blackholes scan --mask`")
+    return ids
 
 
 def density_map(

@@ -34,6 +34,15 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 # ------------------------------------------------------------------ density maps (map)
 
 
+def literal(text: str) -> str:
+    """User text (titles, file names, tokens) shown as typed: ``$`` never starts matplotlib mathtext.
+
+    >>> literal("cost $5 \\alpha$")
+    'cost \\$5 \\alpha\\$'
+    """
+    return text.replace("$", r"\$")
+
+
 def _density_panel(fig, ax, hist, title: str, cmap: str = "viridis"):
     """One 2-D histogram on a log colour scale; empty bins stay white (log(0) is undefined)."""
     import numpy as np
@@ -150,7 +159,7 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
 
     name = Path(dmap.source).name if os.sep in dmap.source and Path(dmap.source).exists() else dmap.source
     head = title or (f"{name}  [{dmap.key}]" if dmap.key else name)
-    fig.suptitle(f"{head} — {V:,} × {D:,} {dmap.dtype}, projected on its two leading principal directions",
+    fig.suptitle(literal(f"{head} — {V:,} × {D:,} {dmap.dtype}, projected on its two leading principal directions"),
                  fontsize=11.5)
     return save_figure(fig, path)
 

@@ -90,11 +90,31 @@ def check_rows(output: str, input: str | None, shape_of, where) -> None:
 
 
 def is_tied(config: dict) -> bool:
-    """Whether the config says the output matrix is the input embedding."""
+    """Whether the config says the output matrix is the input embedding.
+
+    ``tie_word_embeddings`` may be a JSON boolean or, in hand-edited configs, a string
+    (``"true"``/``"false"``) or 0/1: read as the boolean it spells; anything else is refused,
+    never guessed.
+
+    >>> is_tied({"tie_word_embeddings": "true"}), is_tied({"text_config": {"tie_word_embeddings": True}})
+    (True, True)
+    """
     for cfg in (config, config.get("text_config") or {}):
-        if isinstance(cfg, dict) and cfg.get("tie_word_embeddings") is True:
+        if isinstance(cfg, dict) and "tie_word_embeddings" in cfg and _spelled_bool(cfg["tie_word_embeddings"]):
             return True
     return False
+
+
+def _spelled_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0", "yes", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    if value is None:
+        return False
+    raise BlackholesError(f"config.json: tie_word_embeddings is {value!r}, which is not a boolean")
 
 
 def pick_in_file(header, matrix: str | None) -> tuple[str, str]:

@@ -52,6 +52,8 @@ def _add_scan(sub) -> argparse.ArgumentParser:
     )
     _add_source_arguments(p)
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for decoding (default: beside the model)")
+    p.add_argument("--step", type=int, metavar="N",
+                   help="for a training recording: the step whose embeddings to scan (default: the last)")
     p.add_argument("--mask", metavar="PATH", help="write mask, black_hole_id and group vectors (safetensors)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--top", type=int, default=10, metavar="N", help="largest groups to print (default 10)")
@@ -84,7 +86,7 @@ def _run_scan(args) -> int:
 
     outputs = (args.mask, args.json)
     _check_outputs(outputs, inputs=(args.source, args.tokenizer))
-    m = load_matrix(args.source, key=args.key, matrix=args.matrix)  # the header only: cheap
+    m = load_matrix(args.source, key=args.key, matrix=args.matrix, step=args.step)  # the header only: cheap
     _check_outputs(outputs, inputs=_matrix_files(m))
     result = scan(m, tokenizer=args.tokenizer)
     if args.mask:

@@ -9,12 +9,14 @@ import numpy as np
 
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import NAMED_DTYPES, SAFETENSORS_DTYPES, STORAGE_DTYPES
+from blackholes.io.paths import input_file
 from blackholes.sources.hf_cache import cached_snapshot, looks_like_model_id
 from blackholes.sources.local import load_file, load_folder
 from blackholes.sources.matrix import Matrix
 
 
-def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str | None = None) -> Matrix:
+def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str | None = None,
+                step: int | None = None) -> Matrix:
     """Find and memory-map one embedding matrix; read no other tensor's bytes.
 
     ``source`` is a ``.safetensors`` file, a Hugging Face model folder (``config.json``
@@ -22,6 +24,8 @@ def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str |
     id (``org/name``, optionally ``org/name@revision``) already in the local Hugging Face
     cache. ``key`` names the tensor; otherwise ``matrix`` ("input" or "output", default
     "output" — the input embedding when the model ties them) picks a well-known name.
+    A training recording (from ``blackholes train``) gives its embeddings at ``step``
+    (default: the last recorded step).
 
     >>> m = load_matrix("gpt2")                      # cached: transformer.wte.weight (tied)
     >>> m = load_matrix("ckpt/model.safetensors", key="lm_head.weight")
@@ -33,7 +37,7 @@ def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str |
     if path.is_dir():
         m = load_folder(path, key, matrix)
     elif path.exists():
-        m = load_file(path, key, matrix)
+        m = load_file(input_file(path), key, matrix, step)
     elif looks_like_model_id(text):
         m = load_folder(cached_snapshot(text), key, matrix)
     else:

@@ -25,8 +25,12 @@ def check_2d(info: TensorInfo, path: Path) -> None:
         raise BlackholesError(f"tensor {info.name!r} in {path} is empty (shape {list(info.shape)})")
 
 
-def load_file(path: Path, key: str | None, matrix: str | None) -> Matrix:
+def load_file(path: Path, key: str | None, matrix: str | None, step: int | None = None) -> Matrix:
     header = read_header(path)
+    if is_recording(header) and key in (None, "embeddings"):
+        return _recording_step(header, step)
+    if step is not None:
+        raise BlackholesError(f"--step picks a step of a training recording; {path} is not one")
     if key is None:
         key, note = pick_in_file(header, matrix)
     else:
@@ -48,6 +52,38 @@ def _matrix(header: Header, key: str, *, folder: Path, matrix: str | None, note:
         tokenizer=tok if tok.is_file() else None,
         matrix=matrix,
         note=note,
+    )
+
+
+RECORDING_KEYS = ("embeddings", "grads", "logits")  # what `blackholes train` records at every step
+
+
+def is_recording(header: Header) -> bool:
+    """Whether a safetensors file is a training recording (per-step [steps, V, D] embeddings)."""
+    return all(k in header.tensors for k in RECORDING_KEYS) and len(header.tensors["embeddings"].shape) == 3
+
+
+def _recording_step(header: Header, step: int | None) -> Matrix:
+    """The embedding matrix of one recorded step (default: the last) of a training recording."""
+    from blackholes.training.recording import decode_metadata
+
+    info = tensor_info(header, "embeddings")
+    records = info.shape[0]
+    steps = decode_metadata(header.metadata).get("steps")
+    if not (isinstance(steps, list) and len(steps) == records and all(isinstance(s, int) for s in steps)):
+        steps = list(range(records))
+    if records == 0:
+        raise BlackholesError(f"the recording {header.path} holds no steps")
+    if step is None:
+        index, why = records - 1, "the last recorded"
+    elif step in steps:
+        index, why = steps.index(step), "--step"
+    else:
+        raise BlackholesError(f"step {step} is not recorded in {header.path} (recorded: {steps[0]}-{steps[-1]}, "
+                              f"{records} records)")
+    return Matrix(
+        array=map_tensor(header.path, info)[index], dtype=info.dtype, source=str(header.path), path=header.path,
+        key=f"embeddings[{index}]", note=f"training recording: the embeddings at step {steps[index]} ({why})",
     )
 
 

@@ -351,9 +351,11 @@ def _open_recording(path: str | os.PathLike) -> _Recording:
                      [k for k, v in header.metadata.items() if not isinstance(v, str)])
     steps = rec.meta_json("steps")
     if steps is not None:
-        if not isinstance(steps, list) or len(steps) != n or not all(isinstance(s, int) for s in steps):
+        if not isinstance(steps, list) or len(steps) != n or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in steps):
             raise BlackholesError(
-                f"recording metadata 'steps' must list {n} integer training steps (one per recorded index)"
+                f"recording metadata 'steps' must list {n} integer training steps (one per recorded index, "
+                f"each from 0 to 2**62)"
             )
         arr = np.asarray(steps, dtype=np.int64)
         if arr[0] != 0 or np.any(np.diff(arr) <= 0):

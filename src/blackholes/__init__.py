@@ -5,9 +5,9 @@ identical. The public API is imported lazily so that ``import blackholes``
 stays cheap (no torch, no matplotlib):
 
 >>> import blackholes
->>> result = blackholes.scan("Qwen/Qwen3-4B-Instruct-2507")
+>>> result = blackholes.scan("org/tiny")   # for Qwen/Qwen3-4B-Instruct-2507: (2100, 13)
 >>> result.black_hole_tokens, len(result.groups)
-(2100, 13)
+(12, 2)
 """
 
 from __future__ import annotations

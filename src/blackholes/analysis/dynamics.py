@@ -10,10 +10,12 @@ check every link at *every* recorded step of a training recording, exactly:
 * only ``embeddings``, ``grads`` and ``logits`` are read, memory-mapped, in
   chunks of steps (numpy only: no torch on this path).
 
->>> result = analyze("run.safetensors", corpus="gatsby_clean.txt")
->>> result.identical_all_steps
-{'logits': True, 'grads': True, 'positions': True}
->>> print(result.report())
+>>> result = analyze("run.safetensors", corpus="corpus.txt")   # tokens absent from the corpus
+>>> result.untrained_tokens, result.identical_all_steps
+([10, 11, 12, 13, 14, 15], {'logits': True, 'grads': True, 'positions': True})
+>>> print(result.report())   # doctest: +ELLIPSIS
+Recording: run.safetensors
+...
 """
 
 from __future__ import annotations
@@ -81,7 +83,8 @@ class DynamicsResult:
     def to_json(self) -> dict:
         """A JSON-safe dict (NaN and inf become null).
 
-        >>> write_json("d.json", result.to_json())
+        >>> from blackholes.io.atomic import write_json
+        >>> write_json("dynamics.json", analyze("run.safetensors").to_json())
         """
         return {
             "recording": self.recording,
@@ -134,9 +137,9 @@ def analyze(
     ``never_seen`` metadata. ``steps`` are the *training* steps printed in the
     original's three sections.
 
-    >>> r = analyze("run.safetensors", corpus="gatsby_clean.txt")
-    >>> r.first_divergence
-    {'logits': None, 'grads': None, 'positions': None}
+    >>> r = analyze("run.safetensors")                  # untrained = the recording's never_seen
+    >>> r.untrained_source, r.first_divergence
+    ('metadata', {'logits': None, 'grads': None, 'positions': None})
     """
     rec = _open_recording(recording)
     notes: list[str] = []

@@ -24,8 +24,10 @@ from typing import Iterator
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` on success.
 
-    >>> with atomic_path("mask.safetensors") as tmp:
-    ...     save_file(tensors, tmp)
+    >>> with atomic_path("notes.txt") as tmp:
+    ...     _ = tmp.write_text("all or nothing")
+    >>> Path("notes.txt").read_text()
+    'all or nothing'
     """
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
@@ -87,6 +89,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically.
 
     >>> write_text("report.md", "# Report\\n")
+    >>> Path("report.md").read_text()
+    '# Report\\n'
     """
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
@@ -95,6 +99,8 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically.
 
-    >>> write_json("scan.json", result.to_json())
+    >>> write_json("numbers.json", {"holes": 13, "tokens": 2100})
+    >>> Path("numbers.json").read_text()
+    '{\\n  "holes": 13,\\n  "tokens": 2100\\n}\\n'
     """
     write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

@@ -38,6 +38,10 @@ def input_file(path: str | os.PathLike, what: str = "file") -> Path:
 
     >>> input_file("model.safetensors")
     PosixPath('model.safetensors')
+    >>> input_file("no-such.safetensors")
+    Traceback (most recent call last):
+    ...
+    blackholes.errors.BlackholesError: no such file: no-such.safetensors
     """
     path = Path(path).expanduser()
     try:

@@ -148,7 +148,8 @@ def open_tensor(path: str | os.PathLike, key: str, header: Header | None = None)
 
     Only the pages actually touched are read from disk.
 
-    >>> emb = open_tensor("run.safetensors", "embeddings")   # (steps+1, V, D)
+    >>> open_tensor("run.safetensors", "embeddings").shape   # (records, V, D) of a training recording
+    (3, 16, 8)
     """
     header = header or read_header(path)
     return map_tensor(header.path, tensor_info(header, key))
@@ -184,7 +185,10 @@ def save_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str,
     types as ``uint8``) — which ``safetensors.numpy`` cannot write. Readable by
     ``safetensors.torch.load_file`` and by :func:`open_tensor`.
 
-    >>> save_safetensors("mask.safetensors", {"mask": mask, "vectors": (bits, "BF16")})
+    >>> bits = np.array([[0x3F80, 0xC000]], np.uint16)          # bf16 1.0 and -2.0
+    >>> save_safetensors("mask.safetensors", {"mask": np.array([True, False]), "vectors": (bits, "BF16")})
+    >>> read_header("mask.safetensors").tensors["vectors"].dtype
+    'BF16'
     """
     from blackholes.io.atomic import atomic_path
 

@@ -34,8 +34,8 @@ def format_bytes(ids: list[int], limit: int = 256) -> str:
     """Byte ids as readable characters, space-separated; unprintable bytes, the space and the
     Markdown marks `` ` | * \\ `` as ``\\xNN``; ids beyond 255 as numbers.
 
-    >>> format_bytes([65, 0, 32, 300])
-    'A \\x00 \\x20 300'
+    >>> print(format_bytes([65, 0, 32, 300]))
+    A \\x00 \\x20 300
     """
     shown = []
     for t in ids[:limit]:

@@ -22,7 +22,9 @@ DPI = 130
 def save_figure(fig, path: str | os.PathLike) -> Path:
     """Save ``fig`` as a PNG at ``path`` atomically, close it, and return the path.
 
-    >>> fig, ax = plt.subplots(); ax.plot([0, 1]); save_figure(fig, "line.png")
+    >>> fig, ax = plt.subplots(); _ = ax.plot([0, 1])
+    >>> save_figure(fig, "line.png")
+    PosixPath('line.png')
     """
     path = Path(path)
     with atomic_path(path) as tmp:
@@ -37,8 +39,8 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 def literal(text: str) -> str:
     """User text (titles, file names, tokens) shown as typed: ``$`` never starts matplotlib mathtext.
 
-    >>> literal("cost $5 \\alpha$")
-    'cost \\$5 \\alpha\\$'
+    >>> print(literal("costs $5, not $x^2$"))
+    costs \\$5, not \\$x^2\\$
     """
     return text.replace("$", r"\$")
 
@@ -85,7 +87,9 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
     distribution of row norms with black-hole tokens stacked in red.
     Without a mask, panels (1) and (3) only.
 
+    >>> from blackholes import density_map
     >>> plot_density_map(density_map("model.safetensors", auto_mask=True), "map.png")
+    PosixPath('map.png')
     """
     import numpy as np
 
@@ -214,7 +218,8 @@ def plot_dynamics(result, out_dir: str | os.PathLike) -> list[Path]:
     ``dynamics_speed.png`` (the hole's speed and shared gradient norm) and
     ``dynamics_logits.png`` (untrained vs trained logits); creates ``out_dir``.
 
-    >>> plot_dynamics(analyze("run.safetensors", corpus="gatsby.txt"), "plots/")
+    >>> from blackholes import analyze
+    >>> plot_dynamics(analyze("run.safetensors", corpus="corpus.txt"), "plots/")   # doctest: +ELLIPSIS
     [PosixPath('plots/dynamics_spread.png'), ...]
     """
     out = Path(out_dir)

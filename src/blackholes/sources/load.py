@@ -27,8 +27,13 @@ def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str |
     A training recording (from ``blackholes train``) gives its embeddings at ``step``
     (default: the last recorded step).
 
-    >>> m = load_matrix("gpt2")                      # cached: transformer.wte.weight (tied)
-    >>> m = load_matrix("ckpt/model.safetensors", key="lm_head.weight")
+    >>> m = load_matrix("org/tiny")                   # in the local Hugging Face cache, offline
+    >>> m.key, m.shape, m.dtype
+    ('lm_head.weight', (64, 8), 'F32')
+    >>> load_matrix("model.safetensors", key="model.embed_tokens.weight").dtype
+    'BF16'
+    >>> load_matrix("run.safetensors").note               # a training recording: its last step
+    'training recording: the embeddings at step 2 (the last recorded)'
     """
     if matrix not in (None, "input", "output"):
         raise BlackholesError(f"matrix must be 'input' or 'output', not {matrix!r}")

@@ -45,6 +45,7 @@ class Vocabulary:
 class Matrix:
     """One 2-D embedding matrix, memory-mapped (or held in memory), and where it came from.
 
+    >>> from blackholes import load_matrix
     >>> m = load_matrix(model_dir)
     >>> m.key, m.dtype, m.shape
     ('lm_head.weight', 'F32', (64, 8))

@@ -3,9 +3,9 @@
 A row id the tokenizer has no token for (typically the padding rows that round
 the vocabulary up to a multiple of 64 or 128) gets ``None``.
 
->>> strings, vocab_size, path = token_strings("tokenizer.json", [0, 151935])
->>> strings[0], strings[151935], vocab_size
-('!', None, 151669)
+>>> strings, vocab_size, path = token_strings("model_dir/tokenizer.json", [0, 63])
+>>> strings[0], strings[63], vocab_size
+('!', None, 60)
 """
 
 from __future__ import annotations
@@ -42,8 +42,9 @@ def readable(tokenizer, token_id: int) -> str | None:
     text alone is not readable (a lone byte of a UTF-8 sequence, or nothing);
     ``None`` when the id has no token (a padding row).
 
-    >>> readable(tok, 220), readable(tok, 151643)
-    (' ', '<|endoftext|>')
+    >>> tok = load_tokenizer("model_dir")
+    >>> readable(tok, 1), readable(tok, 59), readable(tok, 63)
+    ('the', '<|endoftext|>', None)
     """
     piece = tokenizer.id_to_token(token_id)
     if piece is None:

@@ -142,19 +142,12 @@ def analyze(
     ('metadata', {'logits': None, 'grads': None, 'positions': None})
     """
     rec = _open_recording(recording)
-    notes: list[str] = []
+    notes = _recording_notes(rec)
     vocab = rec.shape[1]
     untrained, source = _untrained_tokens(rec, corpus, tokens, notes)
     held = set(untrained)
     trained = [t for t in range(vocab) if t not in held]
     sample_steps = parse_steps(steps, last=int(rec.steps[-1]))
-    if rec.not_strings:
-        notes.append(f"metadata {', '.join(map(repr, rec.not_strings))} not stored as text (safetensors metadata "
-                     "is str -> str); taken as the value given")
-    if rec.metadata.get("complete") in (False, "false"):
-        at = rec.meta_json("interrupted_at_step")
-        notes.append("the recording is incomplete (training was interrupted"
-                     + (f" at step {at}" if at is not None else "") + "): it ends early")
     never_drawn = never_drawn_tokens(rec.metadata, untrained, vocab=vocab)
     if never_drawn is None and ("input_counts" in rec.metadata or "target_counts" in rec.metadata):
         notes.append(f"ignored input_counts/target_counts metadata (not two lists of length {vocab})")
@@ -162,44 +155,88 @@ def analyze(
     U = np.asarray(untrained, dtype=np.intp)
     T = np.asarray(trained, dtype=np.intp)
     S = np.asarray(never_drawn or [], dtype=np.intp)
+    per_group = {quantity: _track_groups(rec, key, _tracked_sets(U, T, S))
+                 for quantity, key in (("positions", "embeddings"), ("grads", "grads"), ("logits", "logits"))}
+    hole = _track_hole(rec, U)
+    skips = _skips(rec.shape[0])
+    series: dict[str, np.ndarray] = {"step": rec.steps.copy()}
+    identity = _identity(per_group, skips, rec.steps, series)
+    series.update(_motion_series(rec, per_group["logits"], hole))
+    never = _never_drawn_summary(per_group, skips, rec.steps, series) if len(S) else None
+
+    bad = np.flatnonzero(~np.isfinite(hole["centroid_norm"]))
+    if bad.size:
+        notes.append(f"the hole's positions are not finite (NaN or inf) at {bad.size} step(s), first at step "
+                     f"{int(rec.steps[bad[0]])}: the run diverged there")
+    sampled, skipped = _sampled_sections(rec, U, sample_steps, notes)
+    result = DynamicsResult(
+        recording=str(rec.path), dtype=rec.dtype, shape=rec.shape,
+        untrained_tokens=[int(t) for t in U], untrained_source=source, trained_tokens=[int(t) for t in T],
+        recorded_steps=[int(s) for s in rec.steps], **identity,
+        never_drawn_tokens=never_drawn, never_drawn=never, freeze=_freeze_summary(hole, rec.steps, rec.dtype),
+        sampled=sampled, skipped_steps=skipped, notes=notes, metadata=rec.summary_metadata(), series=series,
+        rigid_body=all(identity["identical_all_steps"].values()),
+    )
+    result.verdict = _verdict(result)
+    return result
+
+
+def _recording_notes(rec) -> list[str]:
+    """What a reader should know about the recording itself (odd metadata, an interrupted run)."""
+    notes = []
+    if rec.not_strings:
+        notes.append(f"metadata {', '.join(map(repr, rec.not_strings))} not stored as text (safetensors metadata "
+                     "is str -> str); taken as the value given")
+    if rec.metadata.get("complete") in (False, "false"):
+        at = rec.meta_json("interrupted_at_step")
+        notes.append("the recording is incomplete (training was interrupted"
+                     + (f" at step {at}" if at is not None else "") + "): it ends early")
+    return notes
+
+
+def _tracked_sets(U, T, S) -> dict:
+    """The token sets followed at every step: name -> (ids, reference token)."""
     groups = {"untrained": (U, int(U[0]))}
     if len(T) >= 2:
         groups["trained"] = (T, int(T[0]))
     if len(S):
         # the second set is "in the hole" when it matches the hole's first token
         groups["never_drawn"] = (np.concatenate([U[:1], S]), int(U[0]))
+    return groups
 
-    series: dict[str, np.ndarray] = {"step": rec.steps.copy()}
-    per_group = {}
-    for quantity, key in (("positions", "embeddings"), ("grads", "grads"), ("logits", "logits")):
-        per_group[quantity] = _track_groups(rec, key, groups)
-    hole = _track_hole(rec, U)
 
-    n = rec.shape[0]
+def _skips(n: int) -> dict[str, np.ndarray]:
+    """Per quantity, the records where it does not apply: no gradient exists at the initialisation."""
     no_grad = np.zeros(n, dtype=bool)
-    no_grad[0] = True  # index 0 is the initialisation: no gradient was applied yet
-    skips = {q: no_grad if q == "grads" else np.zeros(n, dtype=bool) for q in QUANTITIES}
+    no_grad[0] = True
+    return {q: no_grad if q == "grads" else np.zeros(n, dtype=bool) for q in QUANTITIES}
 
-    identical_all, first_div, sign_zero = {}, {}, {}
-    t_identical_all, t_first_div = {}, {}
+
+def _identity(per_group: dict, skips: dict, steps: np.ndarray, series: dict) -> dict:
+    """Bit identity of each quantity at every step, for the untrained and the trained tokens.
+
+    Adds the ``*_spread`` / ``*_identical`` series; returns the DynamicsResult fields."""
+    out = {k: {} for k in ("identical_all_steps", "first_divergence", "value_equal_not_bitwise",
+                           "trained_identical_all_steps", "trained_first_divergence")}
     for quantity in QUANTITIES:
         skip = skips[quantity]
+        for prefix, name in (("", "untrained"), ("trained_", "trained")):
+            g = per_group[quantity].get(name)
+            if g is None:
+                continue
+            series[f"{prefix}{quantity}_spread"] = np.where(skip, np.nan, g["spread"])
+            series[f"{prefix}{quantity}_identical"] = np.where(skip, np.nan, g["identical"].astype(np.float64))
+            out[f"{prefix}identical_all_steps"][quantity] = bool(g["identical"][~skip].all())
+            out[f"{prefix}first_divergence"][quantity] = _first_false(g["identical"], skip, steps)
         g = per_group[quantity]["untrained"]
-        ident, spread = g["identical"], g["spread"]
-        series[f"{quantity}_spread"] = np.where(skip, np.nan, spread)
-        series[f"{quantity}_identical"] = np.where(skip, np.nan, ident.astype(np.float64))
-        identical_all[quantity] = bool(ident[~skip].all())
-        first_div[quantity] = _first_false(ident, skip, rec.steps)
-        sign_zero[quantity] = [int(rec.steps[i]) for i in np.flatnonzero(~ident & (spread == 0) & ~skip)]
-        if "trained" in per_group[quantity]:
-            tg = per_group[quantity]["trained"]
-            series[f"trained_{quantity}_spread"] = np.where(skip, np.nan, tg["spread"])
-            series[f"trained_{quantity}_identical"] = np.where(skip, np.nan, tg["identical"].astype(np.float64))
-            t_identical_all[quantity] = bool(tg["identical"][~skip].all())
-            t_first_div[quantity] = _first_false(tg["identical"], skip, rec.steps)
+        out["value_equal_not_bitwise"][quantity] = [
+            int(steps[i]) for i in np.flatnonzero(~g["identical"] & (g["spread"] == 0) & ~skip)]
+    return out
 
-    logit_stats = per_group["logits"]
-    series["untrained_logit"] = logit_stats["untrained"]["mean"]
+
+def _motion_series(rec, logit_stats: dict, hole: dict) -> dict[str, np.ndarray]:
+    """Per-step logits, the shared gradient, and how far and fast the hole's centroid moves."""
+    series = {"untrained_logit": logit_stats["untrained"]["mean"]}
     if "trained" in logit_stats:
         series["trained_logit_mean"] = logit_stats["trained"]["mean"]
         series["trained_logit_min"] = logit_stats["trained"]["min"]
@@ -211,57 +248,26 @@ def analyze(
     from_start = hole["centroid"] - hole["centroid"][0]
     series["centroid_distance_from_start"] = np.sqrt(np.einsum("ij,ij->i", from_start, from_start))
     series["displacement"] = hole["displacement"]
-    gaps = np.diff(rec.steps).astype(np.float64)
-    speed = np.full(n, np.nan)
-    speed[1:] = hole["displacement"][1:] / gaps
+    speed = np.full(rec.shape[0], np.nan)
+    speed[1:] = hole["displacement"][1:] / np.diff(rec.steps).astype(np.float64)
     series["speed"] = speed
     series["frozen_fraction"] = hole["frozen_fraction"]
     series["update_ulps_median"] = hole["update_ulps"]
     if rec.losses is not None:
         series["loss"] = rec.losses
+    return series
 
-    never = None
-    if len(S):
-        nd = {q: per_group[q]["never_drawn"]["identical"] for q in QUANTITIES}
-        never = {
-            "identical_all_steps": {q: bool(nd[q][~skips[q]].all()) for q in QUANTITIES},
-            "first_divergence": {q: _first_false(nd[q], skips[q], rec.steps) for q in QUANTITIES},
-        }
-        never["stays_in_hole"] = all(never["identical_all_steps"].values())
-        series["never_drawn_positions_identical"] = nd["positions"].astype(np.float64)
 
-    bad = np.flatnonzero(~np.isfinite(hole["centroid_norm"]))
-    if bad.size:
-        notes.append(f"the hole's positions are not finite (NaN or inf) at {bad.size} step(s), first at step "
-                     f"{int(rec.steps[bad[0]])}: the run diverged there")
-    freeze = _freeze_summary(hole, rec.steps, rec.dtype)
-    sampled, skipped = _sampled_sections(rec, U, sample_steps, notes)
-    rigid = all(identical_all.values())
-    result = DynamicsResult(
-        recording=str(rec.path),
-        dtype=rec.dtype,
-        shape=rec.shape,
-        untrained_tokens=[int(t) for t in U],
-        untrained_source=source,
-        trained_tokens=[int(t) for t in T],
-        recorded_steps=[int(s) for s in rec.steps],
-        identical_all_steps=identical_all,
-        first_divergence=first_div,
-        value_equal_not_bitwise=sign_zero,
-        trained_identical_all_steps=t_identical_all,
-        trained_first_divergence=t_first_div,
-        never_drawn_tokens=never_drawn,
-        never_drawn=never,
-        freeze=freeze,
-        sampled=sampled,
-        skipped_steps=skipped,
-        notes=notes,
-        metadata=rec.summary_metadata(),
-        series=series,
-        rigid_body=rigid,
-    )
-    result.verdict = _verdict(result)
-    return result
+def _never_drawn_summary(per_group: dict, skips: dict, steps: np.ndarray, series: dict) -> dict:
+    """Does the second set (in the corpus, never drawn into a batch) stay in the hole?"""
+    nd = {q: per_group[q]["never_drawn"]["identical"] for q in QUANTITIES}
+    never = {
+        "identical_all_steps": {q: bool(nd[q][~skips[q]].all()) for q in QUANTITIES},
+        "first_divergence": {q: _first_false(nd[q], skips[q], steps) for q in QUANTITIES},
+    }
+    never["stays_in_hole"] = all(never["identical_all_steps"].values())
+    series["never_drawn_positions_identical"] = nd["positions"].astype(np.float64)
+    return never
 
 
 def parse_steps(steps: Iterable[int] | str, last: int | None = None) -> list[int]:

@@ -178,6 +178,12 @@ def _run_map(args) -> int:
 # ---------------------------------------------------------------------------- dynamics
 
 
+def _dynamics_steps() -> str:
+    from blackholes.analysis.dynamics import DEFAULT_STEPS  # numpy only: cheap
+
+    return ",".join(map(str, DEFAULT_STEPS))
+
+
 def _add_dynamics(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "dynamics",
@@ -195,9 +201,12 @@ def _add_dynamics(sub) -> argparse.ArgumentParser:
     group.add_argument("--corpus", metavar="PATH", help="untrained tokens = byte values absent from this file")
     group.add_argument("--tokens", metavar="IDS", help="untrained token ids, e.g. '0-9,11-31,127'")
     p.add_argument(
-        "--steps", default="0,1,2,10,100,1000,10000", metavar="LIST",
-        help="training steps for the sampled sections (default 0,1,2,10,100,1000,10000)",
+        "--steps", default=_dynamics_steps(), metavar="LIST",
+        help=f"training steps for the sampled sections (default {_dynamics_steps()})",
     )
+    p.add_argument("--census", action="store_true",
+                   help="also count every group at every step, exactly: holes, fission and merger events, "
+                        "last motion of each token, phases of each hole (JSON section 'census')")
     p.add_argument("--json", metavar="PATH", help="write the full report (with per-step series) as JSON")
     p.add_argument("--plots", metavar="DIR", help="write the dynamics figures (PNG) into DIR")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -211,28 +220,58 @@ def _run_dynamics(args) -> int:
 
     if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
         raise BlackholesError(f"--plots must be a directory: {args.plots}")
-    plots = []
-    if args.plots:
-        from blackholes.render.plots import dynamics_plot_paths
-
-        plots = dynamics_plot_paths(args.plots) if os.path.isdir(args.plots) else []
+    plots = _dynamics_plot_paths(args) if args.plots and os.path.isdir(args.plots) else []
     _check_outputs([args.json, *plots], inputs=(args.recording, args.corpus))
     result = analyze(args.recording, corpus=args.corpus, tokens=args.tokens, steps=args.steps)
+    census = None
+    if args.census:
+        from blackholes.analysis.lifecycle import census_of_recording
+
+        census = census_of_recording(args.recording, never_seen=result.untrained_tokens)
     if not args.quiet:
         print(result.report())
+        if census is not None:
+            from blackholes.render.lifecycle import census_summary
+
+            print()
+            print(census_summary(census))
     if args.json:
         from blackholes.io.atomic import write_json
 
-        write_json(args.json, result.to_json())
+        doc = result.to_json()
+        if census is not None:
+            doc["census"] = census.to_json()
+        write_json(args.json, doc)
         if not args.quiet:
             print(f"Report written to {args.json}")
     if args.plots:
-        from blackholes.render.plots import plot_dynamics
-
-        paths = plot_dynamics(result, args.plots)
+        paths = _draw_dynamics(result, census, args.plots)
         if not args.quiet:
             print("Plots written: " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def _dynamics_plot_paths(args) -> list:
+    from pathlib import Path
+
+    from blackholes.render.plots import dynamics_plot_paths
+
+    extra = [Path(args.plots) / name for name in ("census.png", "census_last_motion.png")] if args.census else []
+    return dynamics_plot_paths(args.plots) + extra
+
+
+def _draw_dynamics(result, census, folder) -> list:
+    from pathlib import Path
+
+    from blackholes.render.plots import plot_dynamics
+
+    paths = plot_dynamics(result, folder)
+    if census is not None:
+        from blackholes.render.lifecycle import plot_census, plot_last_motion
+
+        paths.append(plot_census(census, Path(folder) / "census.png"))
+        paths.append(plot_last_motion(census, Path(folder) / "census_last_motion.png", result.untrained_tokens))
+    return paths
 
 
 # ---------------------------------------------------------------------------- reproduce
@@ -255,7 +294,8 @@ def _add_reproduce(sub) -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=0.0, metavar="S",
                    help="spread of the initial embedding rows around their shared centre (default 0: one point)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    p.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16", help="training dtype (default bf16)")
+    p.add_argument("--dtype", choices=("bf16", "fp32", "bf16-mixed"), default="bf16",
+                   help="training precision, as `train --precision` (default bf16)")
     p.add_argument("--vocab", type=int, default=128, metavar="N",
                    help="byte vocabulary: 128 (ASCII, default) or up to 256 for arbitrary bytes")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the recording, results and report")
@@ -285,6 +325,8 @@ def _run_reproduce(args) -> int:
 
 
 def _add_train(sub) -> argparse.ArgumentParser:
+    from blackholes.training.config import add_config_arguments
+
     p = sub.add_parser(
         "train",
         help="grow a black hole: train a tiny byte-level GPT from one shared point, recording every step",
@@ -292,74 +334,40 @@ def _add_train(sub) -> argparse.ArgumentParser:
             "Train a byte-level GPT whose embedding rows all start at one point (plus sigma times noise) and "
             "stream every step -- the tied embedding matrix, its gradient, the last position's logits, the loss "
             "and Adam's state -- to one safetensors recording. Without --corpus it uses the package's own "
-            "default corpus. Ctrl-C keeps the steps done so far (metadata complete: false)."
+            "default corpus. Ctrl-C, SIGTERM or SIGHUP keep the steps done so far (metadata complete: false)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("run")
-    g.add_argument("--corpus", metavar="PATH", help="training text, any file of bytes (default: packaged corpus)")
-    g.add_argument("--out", metavar="PATH", required=True, help="the recording to write (.safetensors)")
-    g.add_argument("--sigma", type=float, default=0.0, metavar="S",
-                   help="spread of the initial embedding rows around their shared centre (0: one point)")
-    g.add_argument("--steps", type=int, default=10_000, metavar="N", help="training steps")
-    g.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (initialisation and windows)")
-    g.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16",
-                   help="parameters, gradients and optimizer state")
-    g = p.add_argument_group("recording")
-    g.add_argument("--every", type=int, default=1, metavar="K", help="record every K-th step (and the last)")
-    g.add_argument("--no-optimizer-state", dest="optimizer_state", action="store_false",
-                   help="do not record Adam's momentum and variance")
-    g = p.add_argument_group("model")
-    g.add_argument("--vocab", type=int, default=128, metavar="V", help="byte values: 128 = ASCII, 256 = any byte")
-    g.add_argument("--context", type=int, default=128, metavar="T", help="sequence length")
-    g.add_argument("--width", type=int, default=64, metavar="D", help="embedding width")
-    g.add_argument("--layers", type=int, default=2, metavar="L", help="transformer blocks")
-    g.add_argument("--heads", type=int, default=2, metavar="H", help="attention heads")
-    g.add_argument("--mlp-ratio", type=int, default=4, metavar="R", help="MLP hidden width / width")
-    g = p.add_argument_group("optimizer (AdamW)")
-    g.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    g.add_argument("--schedule", choices=("linear", "constant"), default="linear",
-                   help="learning rate: linear decay to 0 over the run, or constant")
-    g.add_argument("--beta1", type=float, default=0.9)
-    g.add_argument("--beta2", type=float, default=0.999)
-    g.add_argument("--eps", type=float, default=1e-8)
-    g.add_argument("--weight-decay", type=float, default=0.0)
-    g.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clipping (0: off)")
-    g.add_argument("--batch", type=int, default=1, metavar="B", help="random windows per step")
-    g = p.add_argument_group("execution")
-    g.add_argument("--no-compile", dest="compile", action="store_false",
-                   help="run eagerly instead of torch.compile (slower; no compilation wait)")
-    g.add_argument("--threads", type=int, default=1, metavar="N",
-                   help="torch threads (1 is fastest at this size and makes results independent of the core "
-                   "count; 0: torch's default)")
-    g.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    # Every option but --out and --quiet is a TrainConfig field, declared (with its default) there.
+    groups = {name: p.add_argument_group(title) for name, title in (
+        ("run", "run"), ("recording", "recording"), ("model", "model"), ("optimizer", "optimizer (AdamW)"),
+        ("execution", "execution"))}
+    groups["run"].add_argument("--out", metavar="PATH", required=True, help="the recording to write (.safetensors)")
+    add_config_arguments(p, groups)
+    groups["execution"].add_argument("--quiet", action="store_true", help="no progress bar or summary")
     return p
 
 
 def _run_train(args) -> int:
-    from blackholes.training.loop import TrainConfig, train
-
-    config = TrainConfig(
-        corpus=args.corpus, sigma=args.sigma, steps=args.steps, seed=args.seed, dtype=args.dtype,
-        vocab=args.vocab, context=args.context, width=args.width, layers=args.layers, heads=args.heads,
-        mlp_ratio=args.mlp_ratio, lr=args.lr, schedule=args.schedule, beta1=args.beta1, beta2=args.beta2,
-        eps=args.eps, weight_decay=args.weight_decay, clip=args.clip, batch=args.batch, every=args.every,
-        optimizer_state=args.optimizer_state, compile=args.compile, threads=args.threads,
-    )
     import warnings
 
+    from blackholes.training.config import config_from_arguments
+    from blackholes.training.loop import train
+
+    config = config_from_arguments(args)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
         result = train(config, args.out, progress=not args.quiet)
     for w in caught:  # torch.compile unavailable: say so in one line, not a warning dump
         if "torch.compile is not available" in str(w.message):
-            print(f"blackholes: warning: {w.message}", file=sys.stderr)
+            if not args.quiet:
+                print(f"blackholes: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     if result.interrupted:
-        print(f"blackholes: interrupted after {result.steps_done} steps; "
+        by = f" ({result.stopped_by})" if result.stopped_by else ""
+        print(f"blackholes: interrupted after {result.steps_done} steps{by}; "
               f"partial recording (complete: false) written to {result.path}", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(signal, result.stopped_by or "SIGINT"))
     if not args.quiet:
         print(result.summary())
     return 0

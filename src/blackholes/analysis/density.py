@@ -172,117 +172,154 @@ def pca_sets(
     >>> all_rows.coords.shape, kept.n_rows, norms.shape
     ((100, 2), 90, (100,))
     """
+    V, D = _check_matrix(array, n_iter)
+    dtype = dtype or _default_dtype(array)
+    k = min(k, D)
+    width = min(D, k + oversample)
+    sel = _selections(rows, V)
+    reader = _ChunkReader(array, dtype)
+    rng = np.random.default_rng(seed)
+    omega = [rng.standard_normal((D, width)) for _ in range(len(sel))]
+    bar = _progress_bar(n_iter + 1, progress)
+    moments = None  # means, per-set row counts and squared norms, from the first pass
+    for _ in range(n_iter):  # subspace iteration on C^T W C, C = X - 1 mean^T, never formed
+        omega, moments = _subspace_pass(reader, sel, omega, moments)
+        bar.update(1)
+    z, dots = _final_pass(reader, omega, moments["means"])
+    bar.update(1)
+    bar.close()
+    out = [_projection(z, dots, s, sel[s], omega[s], moments, k, width, n_iter + 1, reader.scale)
+           for s in range(len(sel))]
+    return out, np.sqrt(np.maximum(moments["sq_norms"], 0.0)) / reader.scale
+
+
+def _check_matrix(array: np.ndarray, n_iter: int) -> tuple[int, int]:
     if array.ndim != 2:
         raise BlackholesError(f"expected a 2-D matrix, got shape {list(array.shape)}")
     V, D = array.shape
-    dtype = dtype or _default_dtype(array)
     if n_iter < 1:
         raise BlackholesError(f"n_iter must be at least 1, got {n_iter}")
     if V < 2 or D < 2:  # a map has two axes: a [V, 1] matrix has no second principal direction
         raise BlackholesError(f"need at least 2 rows and 2 columns for a 2-D projection, got shape {[V, D]}")
-    k = min(k, D)
-    width = min(D, k + oversample)
+    return V, D
+
+
+def _selections(rows, V: int) -> list[np.ndarray]:
     sel = [np.ones(V, bool) if r is None else np.asarray(r, bool) for r in rows]
     for s in sel:
         if s.shape != (V,):
             raise BlackholesError(f"row selection has shape {list(s.shape)}, expected [{V}]")
         if s.sum() < 2:
             raise BlackholesError(f"need at least 2 rows to project, {int(s.sum())} selected")
-    S = len(sel)
-    n = np.array([s.sum() for s in sel], dtype=np.float64)
-    step = _chunk_rows(D)
+    return sel
+
+
+class _ChunkReader:
+    """The matrix as float32 row chunks, each pass reading it once from its memory map."""
+
+    def __init__(self, array: np.ndarray, dtype: str):
+        self.array, self.dtype = array, dtype
+        self.step = _chunk_rows(array.shape[1])
+        self.buffer = np.empty((min(self.step, array.shape[0]), array.shape[1]), np.float32) if dtype == "BF16" else None
+        self.scale = power_of_two_scale(array, dtype)  # 1.0 unless the values are extreme
+
+    def __iter__(self):
+        V = self.array.shape[0]
+        for start in range(0, V, self.step):
+            stop = min(start + self.step, V)
+            yield start, stop, _float_chunk(self.array, self.dtype, start, stop, self.buffer, self.scale)
+
+
+def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.ndarray], moments):
+    """One pass: G = C^T W C Omega for every set at once, then Omega = orth(G).
+
+    The first pass (``moments`` None) also gathers each set's mean and every row's squared
+    norm, and removes the mean term afterwards (- n mean mean^T Omega)."""
+    S, width = len(sel), omega[0].shape[1]
+    first = moments is None
     weights = np.stack(sel, axis=1).astype(np.float32)  # [V, S], 1 = row in set
-    buffer = np.empty((min(step, V), D), np.float32) if dtype == "BF16" else None
-    scale = power_of_two_scale(array, dtype)  # 1.0 unless the values are extreme
-
-    rng = np.random.default_rng(seed)
-    omega = [rng.standard_normal((D, width)) for _ in range(S)]
-    sums = np.zeros((S, D))
-    sq_norms = np.empty(V)
-    bar = _progress_bar(n_iter + 1, progress)
-
-    # Passes 1..n_iter: G = C^T W C Omega for each set, C = X - 1 mean^T, never formed.
-    for it in range(n_iter):
-        first = it == 0
-        om32 = np.ascontiguousarray(np.concatenate(omega, axis=1), dtype=np.float32)
+    om32 = np.ascontiguousarray(np.concatenate(omega, axis=1), dtype=np.float32)
+    acc = np.zeros((reader.array.shape[1], S * width))
+    if first:
+        sums, sq_norms = np.zeros((S, reader.array.shape[1])), np.empty(reader.array.shape[0])
+    else:
+        means = moments["means"]
+        shift = [means[s] @ omega[s] for s in range(S)]  # mean^T Omega, [width]
+        colsum = np.zeros((S, width))
+    for start, stop, x in reader:
+        w = weights[start:stop]
+        y = x @ om32  # [rows, S*width]
         if first:
-            acc = np.zeros((D, S * width))
+            sq_norms[start:stop] = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+            sums += (w.T @ x).astype(np.float64)
+            for s in range(S):
+                y[:, s * width:(s + 1) * width] *= w[:, s:s + 1]
         else:
-            shift = [means[s] @ omega[s] for s in range(S)]  # mean^T Omega, [width]
-            acc = np.zeros((D, S * width))
-            colsum = np.zeros((S, width))
-        for start in range(0, V, step):
-            stop = min(start + step, V)
-            x = _float_chunk(array, dtype, start, stop, buffer, scale)
-            w = weights[start:stop]
-            y = x @ om32  # [rows, S*width]
-            if first:
-                sq_norms[start:stop] = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-                sums += (w.T @ x).astype(np.float64)
-                for s in range(S):
-                    y[:, s * width:(s + 1) * width] *= w[:, s:s + 1]
-            else:
-                for s in range(S):
-                    block = y[:, s * width:(s + 1) * width]
-                    block -= shift[s].astype(np.float32)
-                    block *= w[:, s:s + 1]
-                    colsum[s] += block.sum(axis=0, dtype=np.float64)
-            acc += x.T @ y
-        if first:
-            bad = int(np.count_nonzero(~np.isfinite(sq_norms)))
-            if bad:
-                rows_hold = f"{bad:,} rows hold" if bad > 1 else "1 row holds"
-                raise BlackholesError(f"{rows_hold} NaN or infinite values (or overflow float32); "
-                                      "a principal-component projection is undefined")
-            means = sums / n[:, None]
-            # First pass used raw X^T W X Omega; remove the mean term: - n mean mean^T Omega.
-            g = [acc[:, s * width:(s + 1) * width] - np.outer(sums[s], means[s] @ omega[s]) for s in range(S)]
-        else:
-            g = [acc[:, s * width:(s + 1) * width] - np.outer(means[s], colsum[s]) for s in range(S)]
-        omega = [np.linalg.qr(gs)[0] for gs in g]
-        bar.update(1)
+            for s in range(S):
+                block = y[:, s * width:(s + 1) * width]
+                block -= shift[s].astype(np.float32)
+                block *= w[:, s:s + 1]
+                colsum[s] += block.sum(axis=0, dtype=np.float64)
+        acc += x.T @ y
+    if first:
+        moments = _first_moments(sums, sq_norms, sel)
+        means = moments["means"]
+        g = [acc[:, s * width:(s + 1) * width] - np.outer(sums[s], means[s] @ omega[s]) for s in range(S)]
+    else:
+        g = [acc[:, s * width:(s + 1) * width] - np.outer(means[s], colsum[s]) for s in range(S)]
+    return [np.linalg.qr(gs)[0] for gs in g], moments
 
-    # Final pass: coordinates of every row in each set's subspace, and x . mean for the variance.
+
+def _first_moments(sums: np.ndarray, sq_norms: np.ndarray, sel: list[np.ndarray]) -> dict:
+    bad = int(np.count_nonzero(~np.isfinite(sq_norms)))
+    if bad:
+        rows_hold = f"{bad:,} rows hold" if bad > 1 else "1 row holds"
+        raise BlackholesError(f"{rows_hold} NaN or infinite values (or overflow float32); "
+                              "a principal-component projection is undefined")
+    n = np.array([s.sum() for s in sel], dtype=np.float64)
+    return {"means": sums / n[:, None], "n": n, "sq_norms": sq_norms}
+
+
+def _final_pass(reader: _ChunkReader, omega: list[np.ndarray], means: np.ndarray):
+    """Coordinates of every row in each set's subspace, and x . mean for the variance."""
+    S, width = len(omega), omega[0].shape[1]
     basis = np.ascontiguousarray(np.concatenate(omega + [means.T], axis=1), dtype=np.float32)
+    V = reader.array.shape[0]
     z = np.empty((V, S * width), dtype=np.float32)
     dots = np.empty((V, S))
-    for start in range(0, V, step):
-        stop = min(start + step, V)
-        x = _float_chunk(array, dtype, start, stop, buffer, scale)
+    for start, stop, x in reader:
         p = x @ basis
         z[start:stop] = p[:, : S * width]
         dots[start:stop] = p[:, S * width:]
-    bar.update(1)
-    bar.close()
+    return z, dots
 
-    norms = np.sqrt(np.maximum(sq_norms, 0.0)) / scale
-    out = []
-    for s in range(S):
-        zs = z[:, s * width:(s + 1) * width].astype(np.float64) - means[s] @ omega[s]
-        picked = zs[sel[s]]
-        evals, evecs = np.linalg.eigh(picked.T @ picked)
-        order = np.argsort(evals)[::-1][:k]
-        evals, evecs = evals[order], evecs[:, order]
-        components = (omega[s] @ evecs).T  # [k, D]
-        # Deterministic signs: the largest-magnitude entry of each direction is positive.
-        flip = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
-        flip[flip == 0] = 1
-        components *= flip[:, None]
-        evecs = evecs * flip[None, :]
-        centred_sq = sq_norms[sel[s]] - 2 * dots[sel[s], s] + means[s] @ means[s]
-        denom = max(n[s] - 1, 1)
-        out.append(
-            Projection(
-                components=components,
-                mean=means[s] / scale,
-                explained_variance=np.maximum(evals, 0) / denom / scale**2,
-                total_variance=float(max(centred_sq.sum(), 0.0) / denom / scale**2),
-                coords=((zs @ evecs) / scale).astype(np.float32),
-                rows=sel[s],
-                passes=n_iter + 1,
-            )
-        )
-    return out, norms
+
+def _projection(z, dots, s: int, sel: np.ndarray, omega: np.ndarray, moments: dict, k: int, width: int,
+                passes: int, scale: float) -> Projection:
+    """Set ``s``'s exact PCA inside its subspace (a small eigenproblem), scaled back to the data's units."""
+    mean = moments["means"][s]
+    zs = z[:, s * width:(s + 1) * width].astype(np.float64) - mean @ omega
+    picked = zs[sel]
+    evals, evecs = np.linalg.eigh(picked.T @ picked)
+    order = np.argsort(evals)[::-1][:k]
+    evals, evecs = evals[order], evecs[:, order]
+    components = (omega @ evecs).T  # [k, D]
+    # Deterministic signs: the largest-magnitude entry of each direction is positive.
+    flip = np.sign(components[np.arange(k), np.abs(components).argmax(axis=1)])
+    flip[flip == 0] = 1
+    components *= flip[:, None]
+    evecs = evecs * flip[None, :]
+    centred_sq = moments["sq_norms"][sel] - 2 * dots[sel, s] + mean @ mean
+    denom = max(moments["n"][s] - 1, 1)
+    return Projection(
+        components=components,
+        mean=mean / scale,
+        explained_variance=np.maximum(evals, 0) / denom / scale**2,
+        total_variance=float(max(centred_sq.sum(), 0.0) / denom / scale**2),
+        coords=((zs @ evecs) / scale).astype(np.float32),
+        rows=sel,
+        passes=passes,
+    )
 
 
 def pca(array: np.ndarray, dtype: str | None = None, *, rows: np.ndarray | None = None, k: int = 2, **kw) -> Projection:

@@ -268,3 +268,32 @@ def test_map_panels_leave_room_between_colorbar_label_and_norm_label(monkeypatch
     gap = (norms.yaxis.label.get_window_extent(renderer).x0
            - colorbar.yaxis.label.get_window_extent(renderer).x1) / fig.dpi
     assert gap >= 0.3, f"only {gap:.2f} inch between the labels"
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e-5, 1.0, 1e5, 1e18, 1e30])
+def test_pca_agrees_with_the_exact_svd_at_any_scale(scale):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((600, 12)) @ np.diag(np.linspace(4, 0.2, 12)) * scale).astype(np.float32)
+    exact = np.linalg.svd(x.astype(np.float64) - x.astype(np.float64).mean(0), compute_uv=False) ** 2
+    p = pca(x, k=2)
+    np.testing.assert_allclose(p.explained_variance_ratio, exact[:2] / exact.sum(), rtol=1e-4)
+    np.testing.assert_allclose(p.total_variance, exact.sum() / 599, rtol=1e-4)
+    assert np.isfinite(p.coords).all() and np.abs(p.coords).max() == pytest.approx(np.abs(x).max(), rel=2)
+
+
+def test_mask_files_are_validated(tmp_path):
+    from blackholes.io.safetensors import save_safetensors
+
+    mask = np.zeros(10, bool)
+    mask[[2, 3]] = True
+    for ids, words in ((np.array([0, 0, 1, 1, 0, 0, 0, 0, 0, -1], np.int32), "outside"),
+                       (np.array([0, 0, 1, 1, 0, 0, 0, 0, 0, 99], np.int32), "outside"),
+                       (np.array([0, 0, 1, 0, 0, 0, 0, 0, 0, 0], np.int32), "disagrees with its mask"),
+                       (np.zeros(10, np.float32), "must hold integers"),
+                       (np.zeros(9, np.int32), "has shape")):
+        path = tmp_path / "m.safetensors"
+        save_safetensors(path, {"mask": mask, "black_hole_id": ids})
+        with pytest.raises(BlackholesError, match=words):
+            read_mask(path, 10)
+    save_safetensors(path, {"mask": mask, "black_hole_id": np.array([0, 0, 1, 1, 0, 0, 0, 0, 0, 0], np.int32)})
+    assert read_mask(path, 10)[1].tolist() == [0, 0, 1, 1, 0, 0, 0, 0, 0, 0]

@@ -37,6 +37,7 @@ import numpy as np
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import save_safetensors
 from blackholes.sources.load import as_matrix
+from blackholes.sources.matrix import Matrix
 
 PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
 CHUNK_BYTES = 1 << 20  # rows hashed per step: about 1 MiB, stays in L2
@@ -67,12 +68,15 @@ class Group:
     size: int
     token_ids: list[int]  # sorted
     tokens: list[str | None] | None = None  # readable strings (None = padding row) when a tokenizer is known
+    token_types: list[str] | None = None  # the model file's token types (GGUF: normal, control, unused, byte, ...)
 
     def to_json(self) -> dict:
         out = {"id": self.id, "size": self.size, "token_ids": self.token_ids}
         if self.tokens is not None:
             out["tokens"] = self.tokens
             out["padding_rows"] = [t for t, s in zip(self.token_ids, self.tokens) if s is None]
+        if self.token_types is not None:
+            out["token_types"] = self.token_types
         return out
 
 
@@ -100,6 +104,12 @@ class ScanResult:
     vocab_size: int | None = None  # the tokenizer's vocabulary (rows beyond it are padding)
     note: str = ""  # why this tensor was chosen
     seconds: float = 0.0  # time spent finding the groups
+    format: str = "safetensors"  # where the rows came from: "safetensors", "gguf" or "array"
+    quantization: str | None = None  # GGUF block type: identity is of the quantised row bytes
+    tied: bool | None = None  # whether the model's output matrix is its input embedding, when known
+    revision: str | None = None  # resolved snapshot / blob digest
+    bytes_read: int | None = None  # bytes fetched over the network (remote sources)
+    matrix: str | None = None  # "input" / "output"
 
     def to_json(self) -> dict:
         """A JSON-ready report (``write_json(path, result.to_json())``)."""
@@ -109,6 +119,14 @@ class ScanResult:
             "key": self.key,
             "shape": list(self.shape),
             "dtype": self.dtype,
+            "format": self.format,
+            "quantization": self.quantization,
+            "identity": ("bit identity of the stored quantised row bytes (" + self.quantization + " blocks)"
+                         if self.quantization else "bit identity of the stored row values"),
+            "matrix": self.matrix,
+            "tied": self.tied,
+            "revision": self.revision,
+            "bytes_read": self.bytes_read,
             "unique_vectors": self.unique_vectors,
             "black_hole_tokens": self.black_hole_tokens,
             "black_hole_fraction": self.black_hole_tokens / self.shape[0],
@@ -131,21 +149,31 @@ class ScanResult:
         >>> int(load_file("black_hole_mask.safetensors")["black_hole_id"][40])
         2
         """
+        save_safetensors(path, self.mask_tensors(), metadata=self.mask_metadata())
+
+    def mask_tensors(self, suffix: str = "") -> dict:
+        """``mask``, ``black_hole_id`` and ``vectors`` (+ ``suffix``) as :func:`save_safetensors` takes them.
+
+        Quantised rows (GGUF blocks) are stored as their raw bytes (U8); ``vectors_dtype`` in
+        the metadata names the block type."""
         vectors = self.vectors if self.vectors is not None else np.zeros((0, self.shape[1]), np.uint8)
-        save_safetensors(
-            path,
-            {"mask": self.mask, "black_hole_id": self.black_hole_id, "vectors": (vectors, self.dtype)},
-            metadata={
-                "format": "blackholes.mask",
-                "source": self.source,
-                "key": self.key,
-                "shape": f"{list(self.shape)}",
-                "dtype": self.dtype,
-                "unique_vectors": str(self.unique_vectors),
-                "black_hole_tokens": str(self.black_hole_tokens),
-                "groups": str(len(self.groups)),
-            },
-        )
+        stored = "U8" if self.quantization else self.dtype
+        return {f"mask{suffix}": self.mask, f"black_hole_id{suffix}": self.black_hole_id,
+                f"vectors{suffix}": (vectors, stored)}
+
+    def mask_metadata(self) -> dict[str, str]:
+        return {
+            "format": "blackholes.mask",
+            "source": self.source,
+            "key": self.key,
+            "shape": f"{list(self.shape)}",
+            "dtype": self.dtype,
+            "vectors_dtype": self.dtype,
+            "quantization": self.quantization or "",
+            "unique_vectors": str(self.unique_vectors),
+            "black_hole_tokens": str(self.black_hole_tokens),
+            "groups": str(len(self.groups)),
+        }
 
     def summary(self, top: int = 10) -> str:
         """The printed report, in the words of the original notebook."""
@@ -184,13 +212,8 @@ def scan(
     found = find_groups(m.array)
     seconds = time.perf_counter() - t0
 
-    tok_path = Path(tokenizer) if tokenizer is not None else m.tokenizer
-    strings, vocab_size = None, None
-    if tok_path is not None:
-        from blackholes.sources.tokenizer import token_strings
-
-        ids = np.concatenate(found) if found else np.zeros(0, np.int64)
-        strings, vocab_size, tok_path = token_strings(tok_path, ids.tolist())
+    ids = np.concatenate(found).tolist() if found else []
+    strings, vocab_size, tok_path = _token_strings(m, tokenizer, ids)
 
     mask = np.zeros(n, dtype=bool)
     black_hole_id = np.zeros(n, dtype=np.int32)
@@ -200,7 +223,7 @@ def scan(
         black_hole_id[ids] = i
         id_list = ids.tolist()
         toks = [strings[t] for t in id_list] if strings is not None else None
-        groups.append(Group(id=i, size=len(id_list), token_ids=id_list, tokens=toks))
+        groups.append(Group(id=i, size=len(id_list), token_ids=id_list, tokens=toks, token_types=_types(m, id_list)))
     first = np.array([ids[0] for ids in found], dtype=np.int64)
     vectors = np.array(m.array[first]) if len(first) else np.zeros((0, d), m.array.dtype)
     black = int(mask.sum())
@@ -216,11 +239,96 @@ def scan(
         black_hole_id=black_hole_id,
         vectors=vectors,
         path=str(m.path) if m.path is not None else None,
-        tokenizer=str(tok_path) if tok_path is not None else None,
+        tokenizer=tok_path,
         vocab_size=vocab_size,
         note=m.note,
         seconds=seconds,
+        format=m.format,
+        quantization=m.quantization,
+        tied=m.tied,
+        revision=m.revision,
+        bytes_read=m.bytes_read,
+        matrix=m.matrix,
     )
+
+
+def _types(m: Matrix, ids: list[int]) -> list[str] | None:
+    """The model file's own token type of each id ("padding" beyond its vocabulary), when it has them."""
+    vocab = m.vocabulary
+    if vocab is None or vocab.types is None:
+        return None
+    return [vocab.types[t] if t < vocab.size else "padding" for t in ids]
+
+
+def _token_strings(m: Matrix, tokenizer, ids: list[int]):
+    """(strings by id, vocabulary size, where they came from): ``tokenizer`` if given, else the
+    tokenizer.json beside the model, else the vocabulary stored in the model file (GGUF)."""
+    tok_path = Path(tokenizer) if tokenizer is not None else m.tokenizer
+    if tok_path is not None:
+        from blackholes.sources.tokenizer import token_strings
+
+        strings, size, tok_path = token_strings(tok_path, ids)
+        return strings, size, str(tok_path)
+    if m.vocabulary is not None:
+        from blackholes.sources.tokenizer import vocabulary_strings
+
+        return vocabulary_strings(m.vocabulary, ids), m.vocabulary.size, f"{m.format} metadata"
+    return None, None, None
+
+
+@dataclass
+class ModelScan:
+    """Both matrices of one model (``--matrix both``): the input embedding and, when the
+    model does not tie them, the output matrix.
+
+    >>> both = scan_both("org/tiny")
+    >>> both.tied, both.input.key, both.output.key
+    (False, 'model.embed_tokens.weight', 'lm_head.weight')
+    """
+
+    input: ScanResult
+    output: ScanResult | None  # None when tied: the output matrix *is* the input embedding
+    tied: bool
+
+    @property
+    def results(self) -> list[ScanResult]:
+        return [self.input] + ([self.output] if self.output is not None else [])
+
+    def to_json(self) -> dict:
+        return {"source": self.input.source, "tied": self.tied,
+                "matrices": {r.matrix or name: r.to_json() for name, r in zip(("input", "output"), self.results)}}
+
+    def save_mask(self, path: str | os.PathLike) -> None:
+        """``mask_input`` / ``mask_output`` (and their ids and vectors) and ``mask``, their union."""
+        tensors = self.input.mask_tensors("_input")
+        union = self.input.mask.copy()
+        if self.output is not None:
+            tensors.update(self.output.mask_tensors("_output"))
+            union |= self.output.mask
+        tensors["mask"] = union
+        meta = {**self.input.mask_metadata(), "matrices": "input" + (",output" if self.output else ""),
+                "tied": str(self.tied).lower()}
+        save_safetensors(path, tensors, metadata=meta)
+
+    def summary(self, top: int = 10) -> str:
+        parts = [r.summary(top=top) for r in self.results]
+        if self.tied:
+            parts.append("The model ties its output matrix to the input embedding: one matrix scanned.")
+        return "\n\n".join(parts)
+
+
+def scan_both(source, *, tokenizer: str | os.PathLike | None = None) -> ModelScan:
+    """Scan the input embedding and the output matrix of one model, each once.
+
+    Tied when the model says so or when both resolve to the same tensor of the same file."""
+    from blackholes.sources import load_matrix
+
+    m_in = load_matrix(source, matrix="input")
+    m_out = load_matrix(source, matrix="output")
+    tied = bool(m_out.tied) or (m_out.key == m_in.key and m_out.path == m_in.path)
+    m_in.matrix, m_out.matrix = "input", "output"
+    result_in = scan(m_in, tokenizer=tokenizer)
+    return ModelScan(input=result_in, output=None if tied else scan(m_out, tokenizer=tokenizer), tied=tied)
 
 
 # ---------------------------------------------------------------------------- the algorithm

@@ -9,7 +9,12 @@ def scan_summary(r, top: int = 10) -> str:
     n, d = r.shape
     where = f"{r.key} in {r.path}" if r.path else r.key
     lines = [f"Scanning {where}" + (f"  ({r.note})" if r.note else "")]
-    lines += [f"  Shape: ({n:,}, {d:,})", f"  Dtype: {r.dtype}", ""]
+    lines += [f"  Shape: ({n:,}, {d:,})", f"  Dtype: {r.dtype}"]
+    if r.quantization:
+        lines.append(f"  Identity: of the stored {r.quantization} row bytes (quantised blocks, as in the file)")
+    if r.bytes_read is not None:
+        lines.append(f"  Fetched: {r.bytes_read:,} bytes")
+    lines.append("")
     lines += [
         "Degeneracy analysis:",
         f"  Unique vectors: {r.unique_vectors:,}",

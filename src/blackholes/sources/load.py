@@ -16,16 +16,19 @@ from blackholes.sources.matrix import Matrix
 
 
 def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str | None = None,
-                step: int | None = None) -> Matrix:
+                step: int | None = None, *, cache: str | os.PathLike | None = None, progress: bool = False) -> Matrix:
     """Find and memory-map one embedding matrix; read no other tensor's bytes.
 
     ``source`` is a ``.safetensors`` file, a Hugging Face model folder (``config.json``
-    with ``model.safetensors`` or a sharded ``model.safetensors.index.json``), or a model
+    with ``model.safetensors`` or a sharded ``model.safetensors.index.json``), a model
     id (``org/name``, optionally ``org/name@revision``) already in the local Hugging Face
-    cache. ``key`` names the tensor; otherwise ``matrix`` ("input" or "output", default
-    "output" — the input embedding when the model ties them) picks a well-known name.
-    A training recording (from ``blackholes train``) gives its embeddings at ``step``
-    (default: the last recorded step).
+    cache, a GGUF file (any shard of a split one), ``ollama:NAME[:TAG]`` from the local
+    Ollama store, or a remote safetensors file or model folder (``https://...``,
+    ``hf://org/name[@rev]``, any fsspec URL), of which only the header and the one tensor's
+    bytes are fetched (kept under ``cache`` if given; ``progress`` shows a bar). ``key`` names the tensor; otherwise ``matrix`` ("input" or "output",
+    default "output" — the input embedding when the model ties them) picks a well-known
+    name. A training recording (from ``blackholes train``) gives its embeddings at
+    ``step`` (default: the last recorded step).
 
     >>> m = load_matrix("org/tiny")                   # in the local Hugging Face cache, offline
     >>> m.key, m.shape, m.dtype
@@ -38,17 +41,56 @@ def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str |
     if matrix not in (None, "input", "output"):
         raise BlackholesError(f"matrix must be 'input' or 'output', not {matrix!r}")
     text = os.fspath(source)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        m = load_folder(path, key, matrix)
-    elif path.exists():
-        m = load_file(input_file(path), key, matrix, step)
-    elif looks_like_model_id(text):
-        m = load_folder(cached_snapshot(text), key, matrix)
-    else:
-        raise BlackholesError(f"no such file or directory: {text}")
+    m = _load(text, key, matrix, step, cache, progress)
+    if step is not None and not m.key.startswith("embeddings["):
+        raise BlackholesError(f"--step picks a step of a training recording; {text} is not one")
     m.source = text
     return m
+
+
+def _load(text: str, key, matrix, step, cache, progress) -> Matrix:
+    """Dispatch on what ``text`` names: Ollama, a URL, a folder, a file (GGUF by its magic), a cached id."""
+    from blackholes.sources.remote import is_remote
+
+    if is_remote(text):
+        from blackholes.sources.remote import load_remote
+
+        return load_remote(text, key, matrix, cache=cache, progress=progress)
+    if text.startswith("ollama:"):
+        from blackholes.sources.ollama import load_ollama
+
+        return load_ollama(text, key, matrix)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        gguf = _lone_gguf(path)
+        return _load_gguf(gguf, key, matrix) if gguf is not None else load_folder(path, key, matrix)
+    if path.exists():
+        path = input_file(path)
+        return _load_gguf(path, key, matrix) if is_gguf(path) else load_file(path, key, matrix, step)
+    if looks_like_model_id(text):
+        return load_folder(cached_snapshot(text), key, matrix)
+    raise BlackholesError(f"no such file or directory: {text}")
+
+
+def is_gguf(path: Path) -> bool:
+    """Whether a file starts with GGUF's magic (Ollama's blobs have no suffix to go by)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _lone_gguf(folder: Path) -> Path | None:
+    """The GGUF model of a folder holding no safetensors weights: its only file (or first shard)."""
+    if any(folder.glob("*.safetensors")):
+        return None
+    found = sorted(folder.glob("*.gguf"))
+    firsts = [p for p in found if "-00001-of-" in p.name] or found
+    return firsts[0] if len(firsts) == 1 else None
+
+
+def _load_gguf(path: Path, key, matrix) -> Matrix:
+    from blackholes.sources.gguf import load_gguf
+
+    return load_gguf(path, key, matrix)
 
 
 def as_matrix(source, *, key=None, matrix=None, dtype=None) -> Matrix:
@@ -93,4 +135,4 @@ def as_matrix(source, *, key=None, matrix=None, dtype=None) -> Matrix:
         raise BlackholesError(f"expected a 2-D [vocab, dim] matrix, got shape {list(array.shape)}")
     if array.size == 0:
         raise BlackholesError(f"the matrix is empty (shape {list(array.shape)})")
-    return Matrix(array=array, dtype=dtype, source="<array>", path=None, key="<array>")
+    return Matrix(array=array, dtype=dtype, source="<array>", path=None, key="<array>", format="array")

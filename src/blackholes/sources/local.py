@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from blackholes.errors import BlackholesError
-from blackholes.io.safetensors import Header, map_tensor, read_header, tensor_info
+from blackholes.io.safetensors import Header, TensorInfo, map_tensor, read_header, tensor_info
 from blackholes.sources.matrix import Matrix
 from blackholes.sources.names import pick_in_file, pick_in_model, short_list
 
@@ -29,8 +29,6 @@ def load_file(path: Path, key: str | None, matrix: str | None, step: int | None 
     header = read_header(path)
     if is_recording(header) and key in (None, "embeddings"):
         return _recording_step(header, step)
-    if step is not None:
-        raise BlackholesError(f"--step picks a step of a training recording; {path} is not one")
     if key is None:
         key, note = pick_in_file(header, matrix)
     else:

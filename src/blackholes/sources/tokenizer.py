@@ -60,3 +60,18 @@ def token_strings(path: str | os.PathLike, ids) -> tuple[dict[int, str | None], 
     path = find_tokenizer(path)
     tok = load_tokenizer(path)
     return {int(i): readable(tok, int(i)) for i in ids}, tok.get_vocab_size(with_added_tokens=True), path
+
+
+def vocabulary_strings(vocab, ids) -> dict[int, str | None]:
+    """Readable strings from a vocabulary stored in the model file (GGUF): the decoded text,
+    else the raw piece; ``None`` beyond the vocabulary (padding rows).
+
+    >>> from blackholes.sources.matrix import Vocabulary
+    >>> vocabulary_strings(Vocabulary(["a", "<0xE0>"], ["a", None]), [0, 1, 5])
+    {0: 'a', 1: '<0xE0>', 5: None}
+    """
+    out = {}
+    for i in ids:
+        i = int(i)
+        out[i] = None if i >= vocab.size else (vocab.text[i] if vocab.text[i] else vocab.pieces[i])
+    return out

@@ -75,7 +75,8 @@ def test_cosine_matches_oracle_on_random_matrices(seed, D, strength):
     ref = rng.choice(V, 7, replace=False)
     ind = indicators(x, reference=ref, n_iter=6)
     want = magikarp(x, np.sort(ref), np.ones(V, bool))
-    np.testing.assert_allclose(ind.cosine_to_reference, want, atol=1e-4)
+    # float32 products, then removing a component up to 8x stronger than the rest: ~3 digits cancel
+    np.testing.assert_allclose(ind.cosine_to_reference, want, atol=1e-3)
 
 
 def test_norm_is_the_main_indicator_without_reference():

@@ -37,6 +37,7 @@ import numpy as np
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import save_safetensors
 from blackholes.sources.load import as_matrix
+from blackholes.analysis.anatomy import dead_vocabulary
 from blackholes.sources.matrix import Matrix
 
 PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
@@ -69,6 +70,9 @@ class Group:
     token_ids: list[int]  # sorted
     tokens: list[str | None] | None = None  # readable strings (None = padding row) when a tokenizer is known
     token_types: list[str] | None = None  # the model file's token types (GGUF: normal, control, unused, byte, ...)
+    categories: list[str] | None = None  # each token's category (analysis.vocabulary), when a tokenizer is known
+    scripts: list[str] | None = None  # each token's Unicode script
+    counts: dict | None = None  # counts by category, script and round trip
 
     def to_json(self) -> dict:
         out = {"id": self.id, "size": self.size, "token_ids": self.token_ids}
@@ -77,6 +81,8 @@ class Group:
             out["padding_rows"] = [t for t, s in zip(self.token_ids, self.tokens) if s is None]
         if self.token_types is not None:
             out["token_types"] = self.token_types
+        if self.categories is not None:
+            out.update(category=self.categories, script=self.scripts, counts=self.counts)
         return out
 
 
@@ -110,6 +116,21 @@ class ScanResult:
     revision: str | None = None  # resolved snapshot / blob digest
     bytes_read: int | None = None  # bytes fetched over the network (remote sources)
     matrix: str | None = None  # "input" / "output"
+    clusters: object = field(default=None, repr=False)  # analysis.near.NearResult (scan(near=K))
+    anatomy: object = field(default=None, repr=False)  # analysis.near.Anatomy: how the holes' vectors differ
+    indicators: object = field(default=None, repr=False)  # analysis.indicators.Indicators (scan(indicators=True))
+    categories: object = field(default=None, repr=False)  # analysis.vocabulary.Categories of the tokens shown
+
+    def halo(self, hole_id: int) -> list[int]:
+        """The halo of hole ``hole_id`` (1 = the largest): near rows in no exact hole (needs ``near=K``)."""
+        if self.clusters is None:
+            raise BlackholesError("no near-duplicate clusters were computed: scan with near=K (--near K)")
+        return self.clusters.halo(hole_id - 1)
+
+    @property
+    def candidates(self) -> list[int]:
+        """Under-trained candidates beyond the holes, most dead first (needs ``indicators=True``)."""
+        return [] if self.indicators is None else [int(i) for i in self.indicators.candidates]
 
     def to_json(self) -> dict:
         """A JSON-ready report (``write_json(path, result.to_json())``)."""
@@ -138,11 +159,27 @@ class ScanResult:
             out["vocab_size"] = self.vocab_size
             out["padding_rows"] = max(0, self.shape[0] - (self.vocab_size or 0))
         out["groups"] = [g.to_json() for g in self.groups]
+        if self.anatomy is not None:
+            out["anatomy"] = self.anatomy.to_json()
+        if self.clusters is not None:
+            out["clusters"] = self.clusters.to_json()
+            out["halo_size"] = sum(len(c.singletons) for c in self.clusters.clusters if c.holes)
+            if self.categories is not None:
+                for c, doc in zip(self.clusters.clusters, out["clusters"]["clusters"]):
+                    doc["counts"] = self.categories.summary(c.rows)
+                    doc["singleton_tokens"] = self.categories.to_json(c.singletons)
+        if self.indicators is not None:
+            out["indicators"] = self.indicators.to_json(self.categories)
+            out["candidates"] = out["indicators"].get("candidates")
+        if self.categories is not None:
+            out["vocabulary"] = {"kind": self.categories.kind, "available": list(self.categories.available)}
         return out
 
     def save_mask(self, path: str | os.PathLike) -> None:
         """Write ``mask`` (bool [V]), ``black_hole_id`` (int32 [V]) and ``vectors``
-        ([n_groups, D], the source dtype; row i-1 = group i) as safetensors, atomically.
+        ([n_groups, D], the source dtype; row i-1 = group i) as safetensors, atomically;
+        with ``near`` also ``cluster_id`` (int32 [V], 0 = in no cluster), with
+        ``indicators`` also ``candidate`` (bool [V]).
 
         >>> scan("model.safetensors").save_mask("black_hole_mask.safetensors")
         >>> from safetensors.numpy import load_file
@@ -158,8 +195,18 @@ class ScanResult:
         the metadata names the block type."""
         vectors = self.vectors if self.vectors is not None else np.zeros((0, self.shape[1]), np.uint8)
         stored = "U8" if self.quantization else self.dtype
-        return {f"mask{suffix}": self.mask, f"black_hole_id{suffix}": self.black_hole_id,
-                f"vectors{suffix}": (vectors, stored)}
+        out = {f"mask{suffix}": self.mask, f"black_hole_id{suffix}": self.black_hole_id,
+               f"vectors{suffix}": (vectors, stored)}
+        if self.clusters is not None:  # so a notebook can mask the halo too
+            cluster_id = np.zeros(self.shape[0], np.int32)
+            for c in self.clusters.clusters:
+                cluster_id[c.rows] = c.id
+            out[f"cluster_id{suffix}"] = cluster_id
+        if self.indicators is not None:
+            candidate = np.zeros(self.shape[0], bool)
+            candidate[self.candidates] = True
+            out[f"candidate{suffix}"] = candidate
+        return out
 
     def mask_metadata(self) -> dict[str, str]:
         return {
@@ -192,6 +239,11 @@ def scan(
     matrix: str | None = None,
     tokenizer: str | os.PathLike | None = None,
     dtype: str | None = None,
+    near: int | None = None,
+    indicators: bool = False,
+    reference=None,
+    percentile: float = 2.0,
+    progress: bool = False,
 ) -> ScanResult:
     """Find every group of bit-identical rows in an embedding matrix.
 
@@ -199,7 +251,13 @@ def scan(
     file, a model folder, a cached model id), a :class:`~blackholes.tensors.Matrix`, or a
     2-D numpy array (``dtype`` names its safetensors dtype, e.g. ``"BF16"`` for uint16
     bits; default from the numpy dtype). ``tokenizer``: a ``tokenizer.json`` (or a folder
-    holding one) for token strings; default: the one beside the model.
+    holding one) for token strings; default: the one beside the model (or the GGUF
+    vocabulary). The anatomy of the dead vocabulary, on request: ``near=K`` finds the
+    clusters of rows within K ULPs (the halos of the holes); ``indicators=True`` computes
+    Magikarp's under-trained indicators (``reference`` ids override the automatic
+    reference set) and lists the candidates at or below ``percentile``. When a tokenizer
+    is known, every token in a hole, a halo or the candidate list gets its category and
+    Unicode script.
 
     >>> [g.size for g in scan("org/tiny").groups]            # cached, offline
     [8, 4]
@@ -227,6 +285,9 @@ def scan(
     first = np.array([ids[0] for ids in found], dtype=np.int64)
     vectors = np.array(m.array[first]) if len(first) else np.zeros((0, d), m.array.dtype)
     black = int(mask.sum())
+    extras = dead_vocabulary(m, found, tokenizer=tokenizer or m.tokenizer, near=near, indicators=indicators,
+                             reference=reference, percentile=percentile, progress=progress)
+    _label_groups(groups, extras.categories)
     return ScanResult(
         source=m.source,
         key=m.key,
@@ -249,7 +310,21 @@ def scan(
         revision=m.revision,
         bytes_read=m.bytes_read,
         matrix=m.matrix,
+        clusters=extras.clusters,
+        anatomy=extras.anatomy,
+        indicators=extras.indicators,
+        categories=extras.categories,
     )
+
+
+def _label_groups(groups: list[Group], categories) -> None:
+    """Each hole's tokens' categories and scripts, and their counts (when a tokenizer is known)."""
+    if categories is None:
+        return
+    for g in groups:
+        g.categories = [categories[t].category for t in g.token_ids]
+        g.scripts = [categories[t].script for t in g.token_ids]
+        g.counts = categories.summary(g.token_ids)
 
 
 def _types(m: Matrix, ids: list[int]) -> list[str] | None:
@@ -317,18 +392,28 @@ class ModelScan:
         return "\n\n".join(parts)
 
 
-def scan_both(source, *, tokenizer: str | os.PathLike | None = None) -> ModelScan:
+def scan_both(source, *, tokenizer: str | os.PathLike | None = None, cache=None, progress: bool = False,
+              check=None, **options) -> ModelScan:
     """Scan the input embedding and the output matrix of one model, each once.
 
-    Tied when the model says so or when both resolve to the same tensor of the same file."""
+    Tied when the model says so or when both resolve to the same tensor of the same file.
+    ``options`` are :func:`scan`'s (``near``, ``indicators``, ...); ``check(matrix)`` is called
+    on each loaded matrix before it is scanned (the CLI checks its outputs there).
+    """
     from blackholes.sources import load_matrix
 
-    m_in = load_matrix(source, matrix="input")
-    m_out = load_matrix(source, matrix="output")
-    tied = bool(m_out.tied) or (m_out.key == m_in.key and m_out.path == m_in.path)
-    m_in.matrix, m_out.matrix = "input", "output"
-    result_in = scan(m_in, tokenizer=tokenizer)
-    return ModelScan(input=result_in, output=None if tied else scan(m_out, tokenizer=tokenizer), tied=tied)
+    loaded = {}
+    for which in ("input", "output"):
+        m = load_matrix(source, matrix=which, cache=cache, progress=progress)
+        m.matrix = which
+        if check is not None:
+            check(m)
+        loaded[which] = m
+    m_in, m_out = loaded["input"], loaded["output"]
+    tied = bool(m_out.tied) or (m_out.key == m_in.key and m_out.path == m_in.path and m_out.url == m_in.url)
+    result_in = scan(m_in, tokenizer=tokenizer, progress=progress, **options)
+    result_out = None if tied else scan(m_out, tokenizer=tokenizer, progress=progress, **options)
+    return ModelScan(input=result_in, output=result_out, tied=tied)
 
 
 # ---------------------------------------------------------------------------- the algorithm

@@ -19,46 +19,12 @@ import signal
 import sys
 
 from blackholes import __version__
+from blackholes.cli import scan as scan_cli
+from blackholes.cli.scan import add_source_arguments, matrix_files
 from blackholes.errors import BlackholesError
 
 
 # ---------------------------------------------------------------------------- scan
-
-
-def _add_source_arguments(p: argparse.ArgumentParser) -> None:
-    """SOURCE, --key and --matrix: how scan and map name one matrix (see tensors.load_matrix)."""
-    p.add_argument(
-        "source", metavar="SOURCE",
-        help="file.safetensors | model directory | org/name[@revision] in the local Hugging Face cache",
-    )
-    p.add_argument("--key", help="tensor name inside the safetensors file(s)")
-    p.add_argument(
-        "--matrix",
-        choices=("input", "output"),
-        help="for model directories: the input embedding or the output (lm_head) matrix "
-        "(default: output, which is the input embedding when tied)",
-    )
-
-
-def _add_scan(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "scan",
-        help="find black-hole tokens (bit-identical embedding rows) in a model",
-        description=(
-            "Find groups of tokens whose embedding vectors are bit-for-bit identical. "
-            "SOURCE is a .safetensors file, a Hugging Face model directory, or a model id "
-            "in the local Hugging Face cache (offline)."
-        ),
-    )
-    _add_source_arguments(p)
-    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for decoding (default: beside the model)")
-    p.add_argument("--step", type=int, metavar="N",
-                   help="for a training recording: the step whose embeddings to scan (default: the last)")
-    p.add_argument("--mask", metavar="PATH", help="write mask, black_hole_id and group vectors (safetensors)")
-    p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="largest groups to print (default 10)")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    return p
 
 
 def _check_outputs(outputs, inputs=(), removals=()) -> None:
@@ -66,42 +32,6 @@ def _check_outputs(outputs, inputs=(), removals=()) -> None:
     from blackholes.io.paths import check_outputs
 
     check_outputs(outputs, inputs=inputs, removals=removals)
-
-
-def _matrix_files(m) -> list:
-    """Every file loading ``m`` read, and for a model folder its other weights too."""
-    from pathlib import Path
-
-    files = [m.path, m.tokenizer]
-    if m.path is not None and not Path(m.source).expanduser().is_file():  # a folder or a cached id
-        folder = m.path.parent
-        files += [folder / "config.json", folder / "model.safetensors.index.json"]
-        files += sorted(folder.glob("*.safetensors"))
-    return files
-
-
-def _run_scan(args) -> int:
-    from blackholes.analysis.groups import scan
-    from blackholes.sources import load_matrix
-
-    outputs = (args.mask, args.json)
-    _check_outputs(outputs, inputs=(args.source, args.tokenizer))
-    m = load_matrix(args.source, key=args.key, matrix=args.matrix, step=args.step)  # the header only: cheap
-    _check_outputs(outputs, inputs=_matrix_files(m))
-    result = scan(m, tokenizer=args.tokenizer)
-    if args.mask:
-        result.save_mask(args.mask)
-    if args.json:
-        from blackholes.io.atomic import write_json
-
-        write_json(args.json, result.to_json())
-    if not args.quiet:
-        print(result.summary(top=args.top))
-        if args.mask:
-            print(f"Mask written to {args.mask}")
-        if args.json:
-            print(f"Report written to {args.json}")
-    return 0
 
 
 # ---------------------------------------------------------------------------- map
@@ -118,7 +48,7 @@ def _add_map(sub) -> argparse.ArgumentParser:
             "SOURCE is anything `blackholes scan` accepts."
         ),
     )
-    _add_source_arguments(p)
+    add_source_arguments(p)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mask", metavar="PATH", help="mask file written by `blackholes scan --mask`")
     group.add_argument("--auto-mask", action="store_true", help="scan the matrix for black holes first")
@@ -142,7 +72,7 @@ def _run_map(args) -> int:
     outputs = (args.out, args.json)
     _check_outputs(outputs, inputs=(args.source, args.mask))
     m = load_matrix(args.source, key=args.key, matrix=args.matrix)  # the header only: cheap
-    _check_outputs(outputs, inputs=_matrix_files(m))
+    _check_outputs(outputs, inputs=matrix_files(m))
     result = density_map(
         m, mask=args.mask, auto_mask=args.auto_mask,
         bins=args.bins, progress=not args.quiet,
@@ -376,7 +306,7 @@ def _run_train(args) -> int:
 # ---------------------------------------------------------------------------- main
 
 COMMANDS = [
-    (_add_scan, _run_scan),
+    (scan_cli.add_parser, scan_cli.run),
     (_add_map, _run_map),
     (_add_reproduce, _run_reproduce),
     (_add_dynamics, _run_dynamics),

@@ -35,7 +35,34 @@ def scan_summary(r, top: int = 10) -> str:
             lines.append(f"  ... {len(r.groups) - top} more (--top N, or --json for all)")
     elif not r.groups:
         lines += ["", "No black holes: every row is unique."]
-    return "\n".join(lines)
+    return "\n".join(lines + _anatomy_lines(r))
+
+
+def _anatomy_lines(r) -> list[str]:
+    """Halos, the holes' bit anatomy and the candidates, when the scan computed them."""
+    lines = []
+    if r.clusters is not None:
+        c = r.clusters
+        halo = sum(len(x.singletons) for x in c.clusters if x.holes)
+        alone = [x for x in c.clusters if not x.holes]
+        lines += ["", f"Near-duplicates (within {c.k} ULPs in every coordinate; {c.grid_note}):",
+                  f"  Halo: {halo:,} further rows near a hole, in {sum(1 for x in c.clusters if x.holes):,} cluster(s)",
+                  f"  Clusters without a hole: {len(alone):,} ({sum(x.size for x in alone):,} rows)"]
+    if r.anatomy is not None:
+        a = r.anatomy
+        spread = max(a.spread_ulps) if a.spread_ulps else 0
+        linked = [comp for comp in a.one_ulp_components if len(comp) > 1]
+        lines.append(f"  The {len(a.rows)} hole vectors differ in {len(a.coordinates):,} of {r.shape[1]:,} "
+                     f"coordinates, by at most {spread:,} ULPs; {sum(map(len, linked))} of them form "
+                     f"{len(linked)} chain(s) of single 1-ULP steps")
+    if r.indicators is not None:
+        ind = r.indicators
+        lines += ["", f"Under-trained candidates (the lowest {ind.percentile:g}% of the {ind.main} indicator, "
+                      f"not in a hole): {len(ind.candidates):,}"]
+        if r.categories is not None and len(ind.candidates):
+            shown = [repr(r.categories[int(i)].text) for i in ind.candidates[:6] if int(i) in r.categories]
+            lines.append("  e.g. " + ", ".join(shown))
+    return lines
 
 
 def _examples(g, show: int = 4) -> str:

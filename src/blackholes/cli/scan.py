@@ -1,0 +1,131 @@
+"""``blackholes scan``: find the black holes (and, on request, their halos, the candidates, a report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from blackholes.errors import BlackholesError
+
+SOURCE_HELP = ("file.safetensors | model directory | org/name[@revision] in the local Hugging Face cache | "
+               "model.gguf | ollama:NAME[:TAG] | https://.../model.safetensors | hf://org/name[@revision]")
+
+
+def add_source_arguments(p: argparse.ArgumentParser, *, both: bool = False) -> None:
+    """SOURCE, --key and --matrix: how scan and map name one matrix (see sources.load_matrix)."""
+    p.add_argument("source", metavar="SOURCE", help=SOURCE_HELP)
+    p.add_argument("--key", help="tensor name inside the model's file(s)")
+    p.add_argument(
+        "--matrix",
+        choices=("input", "output", "both") if both else ("input", "output"),
+        help="the input embedding or the output (lm_head) matrix (default: output, which is the input "
+        "embedding when tied)" + ("; both: each of an untied model's two matrices" if both else ""),
+    )
+    p.add_argument("--cache", metavar="DIR", help="remote sources: keep the fetched tensor bytes here for next time")
+
+
+def add_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "scan",
+        help="find black-hole tokens (bit-identical embedding rows) in a model",
+        description=(
+            "Find groups of tokens whose embedding vectors are bit-for-bit identical. SOURCE is a "
+            ".safetensors file, a Hugging Face model directory, a model id in the local Hugging Face cache "
+            "(offline), a GGUF file, an Ollama model in the local store, or a remote safetensors file or "
+            "model (only the header and the one matrix's bytes are fetched). With --near, --indicators and "
+            "a tokenizer it also finds the halo around each hole, the further under-trained candidates and "
+            "who the dead tokens are."
+        ),
+    )
+    add_source_arguments(p, both=True)
+    p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for decoding (default: beside the model)")
+    p.add_argument("--step", type=int, metavar="N",
+                   help="for a training recording: the step whose embeddings to scan (default: the last)")
+    p.add_argument("--near", type=int, nargs="?", const=8, metavar="K",
+                   help="also find the rows within K ULPs of each other in every coordinate (default K: 8): "
+                   "the halo around each hole")
+    p.add_argument("--indicators", action="store_true",
+                   help="also compute the under-trained indicators (row norm; cosine distance to the dead rows' "
+                   "mean after removing the first principal component) and list the candidates")
+    p.add_argument("--reference", metavar="IDS",
+                   help="with --indicators: the known-dead reference rows, e.g. '151643-151935' "
+                   "(default: hole members, padding rows, unused/reserved tokens)")
+    p.add_argument("--percentile", type=float, default=2.0, metavar="P",
+                   help="with --indicators: candidates are the lowest P%% of the main indicator (default 2)")
+    p.add_argument("--mask", metavar="PATH", help="write mask, black_hole_id and group vectors (safetensors)")
+    p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
+    p.add_argument("--report", metavar="DIR", help="write report.html and report.md (with plots) into DIR")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="largest groups to print (default 10)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def matrix_files(m) -> list:
+    """Every local file loading ``m`` read, and for a model folder its other weights too."""
+    files = [m.path, m.tokenizer]
+    if m.path is not None and not Path(m.source).expanduser().is_file():  # a folder or a cached id
+        folder = m.path.parent
+        files += [folder / "config.json", folder / "model.safetensors.index.json"]
+        files += sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.gguf"))
+    return files
+
+
+def options(args) -> dict:
+    """The analysis options of scan, from the command line (shared with census)."""
+    reference = None
+    if getattr(args, "reference", None):
+        from blackholes.analysis.dynamics import parse_tokens
+
+        reference = parse_tokens(args.reference)
+    if reference is not None and not args.indicators:
+        raise BlackholesError("--reference is for --indicators; add --indicators")
+    return {"near": args.near, "indicators": args.indicators, "reference": reference,
+            "percentile": args.percentile}
+
+
+def run(args) -> int:
+    from blackholes.analysis.groups import scan, scan_both
+    from blackholes.io.paths import check_outputs
+    from blackholes.sources import load_matrix
+
+    opts = options(args)
+    outputs = [args.mask, args.json, *_report_files(args.report)]
+    check_outputs(outputs, inputs=(args.source, args.tokenizer))
+    if args.matrix == "both":
+        if args.key or args.step is not None:
+            raise BlackholesError("--matrix both picks both matrices itself: drop --key / --step")
+        result = scan_both(args.source, tokenizer=args.tokenizer, cache=args.cache, progress=not args.quiet,
+                           check=lambda m: check_outputs(outputs, inputs=matrix_files(m)), **opts)
+    else:
+        m = load_matrix(args.source, key=args.key, matrix=args.matrix, step=args.step, cache=args.cache,
+                        progress=not args.quiet)
+        check_outputs(outputs, inputs=matrix_files(m))
+        result = scan(m, tokenizer=args.tokenizer, progress=not args.quiet, **opts)
+    _write(result, args)
+    if not args.quiet:
+        print(result.summary(top=args.top))
+        for path, what in ((args.mask, "Mask"), (args.json, "Report"), (args.report, "Page")):
+            if path:
+                print(f"{what} written to {path}")
+    return 0
+
+
+def _report_files(folder) -> list:
+    if not folder:
+        return []
+    from blackholes.render.model_report import report_paths
+
+    return report_paths(folder) if Path(folder).is_dir() else []
+
+
+def _write(result, args) -> None:
+    if args.mask:
+        result.save_mask(args.mask)
+    if args.json:
+        from blackholes.io.atomic import write_json
+
+        write_json(args.json, result.to_json())
+    if args.report:
+        from blackholes.render.model_report import write_report
+
+        write_report(result, args.report)

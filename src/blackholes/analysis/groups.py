@@ -26,6 +26,7 @@ How it runs at memory speed, and stays exact:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -43,19 +44,21 @@ from blackholes.sources.matrix import Matrix
 PREFIX_BYTES = 64  # one cache line: enough to tell almost all distinct rows apart
 CHUNK_BYTES = 1 << 20  # rows hashed per step: about 1 MiB, stays in L2
 
-_MULTIPLIERS = np.zeros(0, np.uint64)
-
-
 def _multipliers(n: int) -> np.ndarray:
-    """``n`` fixed, odd, well-mixed 64-bit constants (splitmix64 of 1, 2, 3, ...)."""
-    global _MULTIPLIERS
-    if len(_MULTIPLIERS) < n:
-        with np.errstate(over="ignore"):
-            z = np.arange(1, max(n, 4096) + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-            z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-            _MULTIPLIERS = (z ^ (z >> np.uint64(31))) | np.uint64(1)
-    return _MULTIPLIERS[:n]
+    """``n`` fixed, odd, well-mixed 64-bit constants (splitmix64 of 1, 2, 3, ...), read-only."""
+    return _splitmix(max(4096, 1 << max(0, n - 1).bit_length()))[:n]
+
+
+@functools.lru_cache(maxsize=8)
+def _splitmix(size: int) -> np.ndarray:
+    """The first ``size`` constants, made once per size: the same for every scan in a process."""
+    with np.errstate(over="ignore"):
+        z = np.arange(1, size + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out = (z ^ (z >> np.uint64(31))) | np.uint64(1)
+    out.flags.writeable = False
+    return out
 
 
 # ---------------------------------------------------------------------------- result

@@ -4,131 +4,55 @@ Every embedding row starts at one centre ``c`` (plus ``sigma`` times its own
 noise); the model is trained on a corpus of bytes with AdamW, and the tied
 embedding matrix, its gradient, the last position's logits, the loss and Adam's
 state for the matrix are streamed to a safetensors *recording* (see
-:mod:`blackholes.recording` for the format). Bytes the corpus never contains
+:mod:`blackholes.training.recording` for the format). Bytes the corpus never contains
 receive identical gradients and so never leave the shared point: with
 ``sigma=0`` they form a black hole.
 
+The loop reads like nanoGPT's ``train.py``: batch -> forward/backward -> clip ->
+learning rate -> optimizer step -> record. Its parts are separate functions —
+:func:`build_model`, :func:`build_optimizer`, :func:`learning_rate`,
+:func:`train_step` — so that a batched version (many runs stacked in one model) can
+mirror them one by one.
+
 >>> from blackholes.training.loop import TrainConfig, train
->>> result = train(TrainConfig(corpus="gatsby_clean.txt", sigma=0.0, steps=10_000), "run.safetensors")
->>> result.never_seen[:3], result.final_loss
+>>> result = train(TrainConfig(corpus="gatsby_clean.txt", sigma=0.0, steps=10_000), "run.safetensors")  # doctest: +SKIP
+>>> result.never_seen[:3], result.final_loss                                                         # doctest: +SKIP
 ([0, 1, 2], 1.6...)
 
 Recording conventions: record ``i`` holds training step ``steps[i]``; record 0
 is the initialisation (its ``grads``, ``logits``, ``momentum`` and ``variance``
-are zeros and its loss is NaN). For a step ``s``, ``grads`` is the gradient of the
-step's loss before clipping, ``logits`` the model's output at the last position
-of the step's (first) sequence, computed *before* the update, and
+are zeros and its loss and gradient norm NaN). For a step ``s``, ``grads`` is the
+gradient of the step's loss before clipping (``grad_norms`` the global norm over
+all parameters, before clipping), ``logits`` the model's output at the last
+position of the step's (first) sequence, computed *before* the update, and
 ``embeddings`` / ``momentum`` / ``variance`` the state *after* the update.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
+import contextlib
 import math
-import numbers
 import os
 import time
+import types
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from blackholes.errors import BlackholesError
+from blackholes.training import corpus as corpora
+from blackholes.training.config import TrainConfig
+from blackholes.training.corpus import Corpus, default_corpus_path
+from blackholes.training.precision import PRECISIONS, precision, torch_dtype
 
-DTYPES = ("bf16", "fp32")
-_SAFETENSORS_NAME = {"bf16": "BF16", "fp32": "F32"}
+__all__ = ["TrainConfig", "TrainResult", "train", "train_step", "build_model", "build_optimizer",
+           "learning_rate", "forward_loss", "default_corpus_path", "load_corpus", "window_starts", "draw_counts"]
+
+DTYPES = tuple(PRECISIONS)  # the precision modes (the older name): "bf16", "fp32", "bf16-mixed"
 _RING = 64  # records buffered in memory between writes to disk
 _WINDOW_BLOCK = 1024  # training windows cut from the corpus at a time
-
-
-def default_corpus_path() -> Path:
-    """The small ASCII corpus that ships with the package (used when no corpus is given).
-
-    >>> default_corpus_path().name
-    'default_corpus.txt'
-    """
-    return Path(str(resources.files("blackholes") / "data" / "default_corpus.txt"))
-
-
-@dataclass
-class TrainConfig:
-    """Every hyper-parameter of a run. The defaults are the "Lil Gatsby" recipe.
-
-    >>> TrainConfig(corpus="gatsby_clean.txt", sigma=0.0, steps=10_000, dtype="bf16")
-    """
-
-    corpus: str | None = None  # path to any file of bytes; None = default_corpus_path()
-    sigma: float = 0.0  # spread of the initial embedding rows around the shared centre
-    steps: int = 10_000
-    seed: int = 0
-    dtype: str = "bf16"  # parameters, gradients and optimizer state: "bf16" | "fp32"
-    # model
-    vocab: int = 128
-    context: int = 128
-    width: int = 64
-    layers: int = 2
-    heads: int = 2
-    mlp_ratio: int = 4
-    # optimizer: AdamW, linear decay of the learning rate to 0 over the run
-    lr: float = 1e-3
-    schedule: str = "linear"  # "linear" | "constant"
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    clip: float = 1.0  # global gradient-norm clipping; 0 = off
-    batch: int = 1  # sequences per step, each a random window of context + 1 bytes
-    # recording
-    every: int = 1  # record every K-th step (step 0 and the last step always)
-    optimizer_state: bool = True  # record Adam's momentum and variance for the embedding
-    # execution (recorded, but not part of the recipe)
-    compile: bool = True  # torch.compile the forward/backward (several times faster on CPU)
-    threads: int = 1  # torch intra-op threads (1: fastest for this size on a busy machine, and
-    # results that do not depend on the core count); 0 = leave torch's setting
-
-    def validate(self) -> None:
-        """Raise :class:`BlackholesError` for any impossible setting."""
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise BlackholesError(msg)
-
-        need(self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        need(self.schedule in ("linear", "constant"), f"--schedule must be linear or constant, got {self.schedule!r}")
-        need(math.isfinite(self.sigma) and self.sigma >= 0, f"--sigma must be a finite number >= 0, got {self.sigma}")
-        for name in ("steps", "vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "every"):
-            value = getattr(self, name)
-            ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
-            need(ok, f"--{name.replace('_', '-')} must be an integer >= 1, got {value}")
-            setattr(self, name, int(value))
-        need(self.vocab <= 256, f"--vocab must be at most 256 (tokens are bytes), got {self.vocab}")
-        need(self.width % self.heads == 0, f"--width ({self.width}) must be divisible by --heads ({self.heads})")
-        need(0 <= self.seed < 2**63, f"--seed must be between 0 and 2**63-1, got {self.seed}")
-        need(self.threads >= 0, f"--threads must be >= 0, got {self.threads}")
-        for name in ("lr", "eps"):
-            need(math.isfinite(getattr(self, name)) and getattr(self, name) > 0, f"--{name} must be > 0")
-        for name in ("beta1", "beta2"):
-            need(0 <= getattr(self, name) < 1, f"--{name} must be in [0, 1), got {getattr(self, name)}")
-        need(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "--weight-decay must be >= 0")
-        need(math.isfinite(self.clip) and self.clip >= 0, "--clip must be >= 0 (0 = no clipping)")
-
-    def recipe(self) -> dict:
-        """The hyper-parameters as a JSON-ready dict (everything but the execution knobs)."""
-        d = dataclasses.asdict(self)
-        for key in ("compile", "threads"):
-            d.pop(key)
-        if d["corpus"] is not None:
-            d["corpus"] = str(d["corpus"])  # a Path is welcome too
-        return d
-
-    def recorded_steps(self) -> list[int]:
-        """Training step stored at each record index: 0, every, 2*every, ..., and always ``steps``."""
-        steps = list(range(0, self.steps + 1, self.every))
-        if steps[-1] != self.steps:
-            steps.append(self.steps)
-        return steps
 
 
 @dataclass
@@ -144,6 +68,9 @@ class TrainResult:
     recorded_steps: list[int] = field(default_factory=list)
     compile_seconds: float = 0.0  # part of ``seconds`` spent compiling (0 when eager)
     compiled: bool = False  # whether torch.compile ran the steps (False: eager, by choice or fallback)
+    precision: str = "bf16"
+    init: str = "centre"
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM" / "SIGHUP" when a signal stopped the run
 
     def to_json(self) -> dict:
         return {
@@ -156,6 +83,9 @@ class TrainResult:
             "recorded_steps": len(self.recorded_steps),
             "compile_seconds": self.compile_seconds,
             "compiled": self.compiled,
+            "precision": self.precision,
+            "init": self.init,
+            "stopped_by": self.stopped_by,
         }
 
     def summary(self) -> str:
@@ -170,82 +100,150 @@ class TrainResult:
 # ---------------------------------------------------------------------------- data
 
 
+def prepare_corpus(config: TrainConfig) -> Corpus:
+    """Read the corpus and check it holds a window and only bytes inside the vocabulary."""
+    corpus = corpora.read_corpus(config.corpus)
+    corpora.check_length(corpus, config.context)
+    corpora.check_vocabulary(corpus, config.vocab)
+    return corpus
+
+
 def load_corpus(config: TrainConfig) -> tuple[bytes, Path]:
-    """Read the corpus bytes and check every byte is inside the vocabulary."""
-    path = Path(config.corpus) if config.corpus is not None else default_corpus_path()
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BlackholesError(f"no such corpus file: {path}") from None
-    except IsADirectoryError:
-        raise BlackholesError(f"corpus must be a file, got a directory: {path}") from None
-    except OSError as e:
-        raise BlackholesError(f"cannot read corpus {path}: {e.strerror or e}") from None
-    need = config.context + 1
-    if len(data) < need:
-        raise BlackholesError(
-            f"corpus {path} has {len(data)} bytes; a training window needs context + 1 = {need}"
-        )
-    bad = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) >= config.vocab)
-    if bad.size:
-        where = int(bad[0])
-        raise BlackholesError(
-            f"corpus byte 0x{data[where]:02x} at offset {where} of {path} is outside the vocabulary of "
-            f"{config.vocab} ({bad.size} such bytes); use a larger --vocab (256 takes any byte)"
-        )
-    return data, path
+    """The corpus bytes and path, checked as :func:`prepare_corpus` does (kept for older callers)."""
+    corpus = prepare_corpus(config)
+    return corpus.data, corpus.path
 
 
 def window_starts(config: TrainConfig, corpus_len: int) -> np.ndarray:
     """Start offsets ``[steps, batch]`` of the random training windows, from the seed."""
-    rng = np.random.Generator(np.random.PCG64([config.seed, 0x6A7]))
-    return rng.integers(0, corpus_len - config.context, size=(config.steps, config.batch), dtype=np.int64)
+    return corpora.window_starts(config.seed, config.steps, config.batch, corpus_len, config.context)
 
 
 def draw_counts(tokens: np.ndarray, starts: np.ndarray, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
     """How often each byte was drawn as an input and as a target by these windows."""
-    inputs = np.zeros(config.vocab, dtype=np.int64)
-    targets = np.zeros(config.vocab, dtype=np.int64)
-    offsets = np.arange(config.context + 1)
-    flat = starts.reshape(-1)
-    for i in range(0, len(flat), 4096):  # bounded memory for long runs
-        windows = tokens[flat[i : i + 4096, None] + offsets]
-        inputs += np.bincount(windows[:, :-1].ravel(), minlength=config.vocab)
-        targets += np.bincount(windows[:, 1:].ravel(), minlength=config.vocab)
-    return inputs, targets
+    return corpora.draw_counts(tokens, starts, config.context, config.vocab)
 
 
-# ---------------------------------------------------------------------------- training
+class _Batches:
+    """The training windows of each step, cut from the corpus ``_WINDOW_BLOCK`` steps at a time."""
+
+    def __init__(self, corpus: Corpus, starts: np.ndarray, context: int):
+        import torch
+
+        self.tokens = torch.from_numpy(corpus.tokens.copy())  # uint8: one byte per corpus byte in memory
+        self.starts = starts
+        self.offsets = torch.arange(context + 1)
+        self.block = None
+
+    def get(self, step: int):
+        """``(inputs, targets)`` of training step ``step`` (1-based): two views of one window."""
+        i = step - 1
+        if i % _WINDOW_BLOCK == 0:  # one indexing op per block, not per step
+            import torch
+
+            block = torch.from_numpy(self.starts[i : i + _WINDOW_BLOCK])
+            self.block = self.tokens[block[:, :, None] + self.offsets].long()
+        windows = self.block[i % _WINDOW_BLOCK]
+        return windows[:, :-1], windows[:, 1:]
 
 
-def _metadata(config, corpus_path, data, centre, never_seen, counts, steps, *, complete, interrupted_at=None, extra):
+# ---------------------------------------------------------------------------- model, optimizer, one step
+
+
+def build_model(config: TrainConfig):
+    """The GPT of ``config``, initialised from its seed; returns ``(model, centre)``.
+
+    Cast to the precision's parameter dtype: in ``bf16`` that rounds the rows once; in
+    ``fp32`` and ``bf16-mixed`` they stay the float32 master weights.
+    """
     import torch
 
-    meta = {
-        "format": "blackholes.recording/1",
-        "config": config.recipe(),
-        "sigma": config.sigma,
-        "seed": config.seed,
-        "dtype": config.dtype,
-        "vocab": config.vocab,
-        "width": config.width,
-        "steps": steps,
-        "complete": complete,
-        "corpus": str(corpus_path),
-        "corpus_sha256": hashlib.sha256(data).hexdigest(),
-        "corpus_bytes": len(data),
-        "never_seen": never_seen,
-        "input_counts": counts[0].tolist(),
-        "target_counts": counts[1].tolist(),
-        "centre": [float(v) for v in centre],
-        "torch": torch.__version__,
-        **extra,
-    }
-    if interrupted_at is not None:
-        meta["interrupted_at_step"] = interrupted_at
-    from blackholes.training.recording import encode_metadata
+    from blackholes.training.model import GPT, GPTConfig
 
-    return encode_metadata(meta)
+    model = GPT(GPTConfig(config.vocab, config.context, config.width, config.layers, config.heads, config.mlp_ratio))
+    centre = model.init_weights(config.sigma, torch.Generator().manual_seed(config.seed), init=config.init)
+    model.to(torch_dtype(precision(config.precision).param))
+    return model, centre
+
+
+def build_optimizer(model, config: TrainConfig):
+    """AdamW over every parameter; fused (one kernel), its state in the parameters' dtype."""
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(config.beta1, config.beta2),
+                             eps=config.eps, weight_decay=config.weight_decay, fused=True)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """The learning rate of training step ``step`` (1-based): linear decay to 0, or constant.
+
+    >>> learning_rate(TrainConfig(steps=4), 1), learning_rate(TrainConfig(steps=4), 4)
+    (0.001, 0.00025)
+    """
+    if config.schedule == "linear":
+        return config.lr * (1 - (step - 1) / config.steps)
+    return config.lr
+
+
+def forward_loss(model, inputs, targets):
+    """The forward pass: mean next-token loss and the last position's logits of the first sequence."""
+    import torch.nn.functional as F
+
+    logits = model(inputs)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return loss, logits[0, -1]
+
+
+def forward_loss_bf16_autocast(model, inputs, targets):
+    """:func:`forward_loss` under bf16 autocast: fp32 weights, bf16 matmuls (``bf16-mixed``)."""
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return forward_loss(model, inputs, targets)
+
+
+@dataclass
+class Trainer:
+    """Everything :func:`train_step` needs: the model, its optimizer, the forward function, clipping."""
+
+    model: object
+    optimizer: object
+    forward: Callable  # forward_loss, its autocast version, or a compiled one
+    clip: float
+    params: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.params = self.params or list(self.model.parameters())
+
+
+@dataclass
+class StepOutput:
+    loss: object  # 0-d tensor: the step's loss, before the update
+    last_logits: object  # [V]: last position's logits of the first sequence, before the update
+    grad_norm: object  # 0-d tensor: global gradient norm before clipping (None when clip is off)
+
+
+def train_step(trainer: Trainer, inputs, targets, lr: float, observe: Callable | None = None) -> StepOutput:
+    """One optimizer step in nanoGPT's order: forward/backward -> clip -> lr -> step.
+
+    ``observe(loss, last_logits)`` runs between backward and clipping, when the
+    gradients are the loss's own (the recorder copies them there).
+    """
+    import torch
+
+    loss, last_logits = trainer.forward(trainer.model, inputs, targets)
+    loss.backward()
+    if observe is not None:
+        observe(loss, last_logits)
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.params, trainer.clip, foreach=True) if trainer.clip else None
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = lr
+    trainer.optimizer.step()
+    trainer.optimizer.zero_grad(set_to_none=True)  # backward then hands over fresh grads: no zeroing, no adding
+    return StepOutput(loss, last_logits, grad_norm)
+
+
+# ---------------------------------------------------------------------------- train()
 
 
 def train(
@@ -257,225 +255,298 @@ def train(
 ) -> TrainResult:
     """Train one model and stream its recording to ``out`` (atomically).
 
-    Ctrl-C (``KeyboardInterrupt``) stops the run and saves the steps done so far
-    (metadata ``complete: false``, ``interrupted_at_step``); the result then has
-    ``interrupted=True``. Any other error leaves no file. ``on_step(step)`` is
-    called after every completed step (for tests and custom monitoring).
+    Ctrl-C, SIGTERM and SIGHUP stop the run at the next step boundary and save the
+    steps done so far (metadata ``complete: false``, ``interrupted_at_step``,
+    ``stopped_by``); the result then has ``interrupted=True``. So does a
+    ``KeyboardInterrupt`` raised by ``on_step(step)``, which is called after every
+    completed step (for tests and custom monitoring). Any other error leaves no file.
+    Everything that can be refused — settings, the corpus, the output path, disk and
+    memory for the sizes asked — is refused before torch is imported.
 
-    >>> train(TrainConfig(sigma=0.0, steps=1000), "run.safetensors").final_loss
+    >>> train(TrainConfig(sigma=0.0, steps=1000), "run.safetensors").final_loss   # doctest: +SKIP
     """
     config.validate()
-    data, corpus_path = load_corpus(config)
-    if Path(out).is_dir():  # found out now, not after the whole run
-        raise BlackholesError(f"--out must be a file path, got a directory: {out}")
+    corpus = prepare_corpus(config)
+    out = _check_output(out, corpus)
+    from blackholes.training.limits import check_resources
 
-    import torch
-
-    from blackholes.io.atomic import atomic_path
-    from blackholes.training.model import GPT, GPTConfig
-    from blackholes.training.recording import RecordingWriter, TensorSpec
-
-    out = Path(out)
-    tokens = np.frombuffer(data, dtype=np.uint8).astype(np.int64)
-    present = np.bincount(tokens, minlength=config.vocab) > 0
-    never_seen = [int(i) for i in np.flatnonzero(~present)]
-    starts = window_starts(config, len(tokens))
-    steps = config.recorded_steps()
-    is_recorded = np.zeros(config.steps + 1, dtype=bool)
-    is_recorded[steps] = True
-
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    try:
-        dtype = torch.bfloat16 if config.dtype == "bf16" else torch.float32
-        gen = torch.Generator().manual_seed(config.seed)
-        model = GPT(GPTConfig(config.vocab, config.context, config.width, config.layers, config.heads, config.mlp_ratio))
-        centre = model.init_weights(config.sigma, gen)
-        model.to(dtype)  # rounds the rows c + sigma*eps to the training dtype once
-        W = model.embedding
-        params = list(model.parameters())
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=config.lr,
-            betas=(config.beta1, config.beta2),
-            eps=config.eps,
-            weight_decay=config.weight_decay,
-            fused=True,  # one kernel for all parameters; state in the parameters' dtype
-        )
+    check_resources(config, out, corpus.size)
+    with intra_op_threads(config.threads) as threads:
+        model, centre = build_model(config)
         t0 = time.perf_counter()
-        step_fn = _compile_step(model, config, progress) if config.compile else None
+        forward = select_forward(model, config, threads, progress)
         compile_seconds = time.perf_counter() - t0
-        compiled = step_fn is not None
-        step_fn = step_fn or _step
-
-        V, D = config.vocab, config.width
-        st = _SAFETENSORS_NAME[config.dtype]
-        specs = [
-            TensorSpec("embeddings", st, (V, D)),
-            TensorSpec("grads", st, (V, D)),
-            TensorSpec("logits", st, (V,)),
-            TensorSpec("losses", st, ()),
-        ]
-        if config.optimizer_state:
-            specs += [TensorSpec("momentum", st, (V, D)), TensorSpec("variance", st, (V, D))]
-        # Records wait in a small ring buffer and go to disk RING at a time.
-        ring = {s.name: torch.zeros((_RING, *s.shape), dtype=dtype) for s in specs}
-        recorder = _Recorder(ring, steps)
-        extra = {"threads": torch.get_num_threads(), "compiled": compiled}
-        tokens_t = torch.from_numpy(tokens)
-        offsets = torch.arange(config.context + 1)
-        pbar = _progress_bar(config.steps, progress)
-        done, last_loss, loss_value, interrupted = 0, None, float("nan"), False
-        with atomic_path(out) as tmp:
-            # The header is final before the first step: a finished file says complete.
-            counts = draw_counts(tokens, starts, config)
-            metadata = _metadata(config, corpus_path, data, centre, never_seen, counts, steps, complete=True, extra=extra)
-            writer = RecordingWriter(tmp, specs, len(steps), metadata)
-            recorder.writer = writer
-            try:
-                # record 0: the initialisation (no gradient, logits or state yet; loss NaN)
-                slot = recorder.slot()
-                ring["embeddings"][slot].copy_(W.detach())
-                ring["losses"][slot] = float("nan")
-                recorder.commit()
-                adam = None
-                for step in range(1, config.steps + 1):
-                    if (step - 1) % _WINDOW_BLOCK == 0:  # cut the next block of windows in one go
-                        block = torch.from_numpy(starts[step - 1 : step - 1 + _WINDOW_BLOCK])
-                        block_windows = tokens_t[block[:, :, None] + offsets]
-                    windows = block_windows[(step - 1) % _WINDOW_BLOCK]
-                    loss, last_logits = step_fn(model, windows[:, :-1], windows[:, 1:])
-                    loss.backward()
-                    record = is_recorded[step]
-                    if record:
-                        slot = recorder.slot()
-                        ring["grads"][slot].copy_(W.grad)  # before clipping
-                        ring["logits"][slot].copy_(last_logits.detach())
-                        ring["losses"][slot] = loss.detach()
-                    if config.clip:
-                        torch.nn.utils.clip_grad_norm_(params, config.clip, foreach=True)
-                    if config.schedule == "linear":
-                        for group in optimizer.param_groups:
-                            group["lr"] = config.lr * (1 - (step - 1) / config.steps)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)  # backward then hands over fresh grads: no zeroing, no adding
-                    done, last_loss = step, loss.detach()
-                    if record:
-                        ring["embeddings"][slot].copy_(W.detach())
-                        if config.optimizer_state:
-                            adam = adam or optimizer.state[W]
-                            ring["momentum"][slot].copy_(adam["exp_avg"])
-                            ring["variance"][slot].copy_(adam["exp_avg_sq"])
-                        recorder.commit()
-                    if pbar is not None:
-                        pbar.update(1)
-                        if recorder.just_flushed:
-                            pbar.set_postfix_str(f"loss {float(last_loss):.4f}", refresh=False)
-                    if on_step is not None:
-                        on_step(step)
-                recorder.flush()
-            except KeyboardInterrupt:
-                # Keep what is complete: flush buffered records, shrink the file to them.
-                interrupted = True
-                recorder.flush()
-                writer.truncate(
-                    recorder.records,
-                    _metadata(
-                        config, corpus_path, data, centre, never_seen,
-                        draw_counts(tokens, starts[:done], config), steps[: recorder.records],
-                        complete=False, interrupted_at=done, extra=extra,
-                    ),
-                )
-            finally:
-                writer.close()
-                if pbar is not None:
-                    if last_loss is not None:
-                        pbar.set_postfix_str(f"loss {float(last_loss):.4f}", refresh=False)
-                    pbar.close()
+        trainer = Trainer(model, build_optimizer(model, config), forward or _eager_forward(config), config.clip)
+        extra = {"threads": threads, "compiled": forward is not None}
+        run = _record_run(config, corpus, trainer, centre, out, extra, progress, on_step)
         seconds = time.perf_counter() - t0
-        if done:
-            loss_value = float(last_loss)
-    finally:
-        torch.set_num_threads(previous_threads)
     return TrainResult(
-        path=out,
-        steps_done=done,
-        seconds=seconds,
-        final_loss=loss_value,
-        never_seen=never_seen,
-        interrupted=interrupted,
-        recorded_steps=steps[: recorder.records],
-        compile_seconds=compile_seconds,
-        compiled=compiled,
+        path=out, steps_done=run.done, seconds=seconds,
+        final_loss=float(run.last_loss) if run.done else float("nan"),
+        never_seen=corpora.never_seen(corpus.data, config.vocab), interrupted=run.interrupted,
+        recorded_steps=run.recorded_steps, compile_seconds=compile_seconds,
+        compiled=forward is not None, precision=config.precision, init=config.init, stopped_by=run.stopped_by,
     )
 
 
-def _compile_step(model, config: TrainConfig, progress: bool):
-    """The compiled :func:`_step`, or None (with a warning) where torch.compile cannot run here.
+def _check_output(out, corpus: Corpus) -> Path:
+    """The output path, refused now (not after the whole run) when it cannot be the recording."""
+    from blackholes.io.paths import check_output_path, same_file
+
+    out = Path(out)
+    if out.is_dir():
+        raise BlackholesError(f"--out must be a file path, got a directory: {out}")
+    if corpus.path is not None and same_file(out, corpus.path):
+        raise BlackholesError(f"--out {out} is the corpus (--corpus {corpus.path}); training would overwrite "
+                              "its own input: choose another --out")
+    return check_output_path(out, inputs=[corpus.path])
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int):
+    """Run the block with torch's intra-op thread count set to ``threads`` (0: leave it); restored after.
+
+    Yields the count in effect.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _eager_forward(config: TrainConfig) -> Callable:
+    return forward_loss_bf16_autocast if precision(config.precision).autocast else forward_loss
+
+
+# ---------------------------------------------------------------------------- compilation
+
+
+# torch.compile'd forward functions that passed their probe, keyed by what makes a compiled
+# graph valid: the function (i.e. the precision mode) and the thread count in effect — inductor
+# bakes that count into its kernels. Shapes are dynamo's own guards. A failed compilation is
+# never stored, so a later run in this process tries again.
+_COMPILED: dict[tuple[str, int], Callable] = {}
+
+
+def select_forward(model, config: TrainConfig, threads: int, progress: bool) -> Callable | None:
+    """The compiled forward function for this run, or None to run eagerly (by choice, or with a warning
+    where torch.compile cannot run here).
 
     The compiler is tried on a throw-away copy of the model first, so a machine
     without a working C++ toolchain falls back to eager training before the
     recording's header (which says ``compiled``) is written. The model is an
-    argument of the compiled function, not a constant in it, so the real model
-    (and every later run of the same shape in this process) reuses that one
-    compiled graph instead of piling up recompilations.
+    argument of the compiled function, not a constant in it, so every later run of
+    the same shape in this process reuses the one compiled graph.
     """
+    if not config.compile:
+        return None
     import copy
     import sys
     import warnings
 
     import torch
 
-    global _COMPILED_STEP
     if progress:
         print("compiling the model (torch.compile; --no-compile skips this) ...", file=sys.stderr, flush=True)
-    if _COMPILED_STEP is None:
-        _COMPILED_STEP = torch.compile(_step, fullgraph=True, dynamic=False)
-    probe = copy.deepcopy(model)
-    # Shaped and strided like the loop's inputs and targets (two views of one
-    # window): a plain [batch, context] tensor fails dynamo's stride guards at the
-    # first real step, which then pays for a second compilation.
+    fn = _eager_forward(config)
+    key = (fn.__name__, threads)
+    compiled = _COMPILED.get(key) or torch.compile(_own_code(fn, f"threads{threads}"), fullgraph=True,
+                                                   dynamic=False)
+    # Shaped and strided like the loop's inputs and targets (two views of one window):
+    # a plain [batch, context] tensor fails dynamo's stride guards at the first real
+    # step, which then pays for a second compilation.
     windows = torch.zeros((config.batch, config.context + 1), dtype=torch.long)
     try:
-        loss, _ = _COMPILED_STEP(probe, windows[:, :-1], windows[:, 1:])
+        loss, _ = compiled(copy.deepcopy(model), windows[:, :-1], windows[:, 1:])
         loss.backward()
     except Exception as e:  # no compiler, unsupported platform, ...: eager is slower but exact
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         warnings.warn(f"torch.compile is not available here ({reason}); training eagerly", RuntimeWarning,
                       stacklevel=3)
         return None
-    return _COMPILED_STEP
+    _COMPILED[key] = compiled
+    return compiled
 
 
-_COMPILED_STEP = None  # torch.compile(_step), made on first use
+def _own_code(fn: Callable, tag: str) -> Callable:
+    """A copy of ``fn`` with a code object of its own: dynamo keeps one cache of compiled graphs
+    per code object, so each key of :data:`_COMPILED` gets graphs of its own."""
+    code = fn.__code__.replace(co_name=f"{fn.__name__}_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
 
 
-def _step(model, inputs, targets):
-    """The forward pass: mean next-token loss and the last position's logits."""
-    import torch.nn.functional as F
-
-    logits = model(inputs)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-    return loss, logits[0, -1]
+# ---------------------------------------------------------------------------- the recorded run
 
 
-class _Recorder:
-    """Tracks which ring-buffer slot the next record goes to and flushes full rings."""
+@dataclass
+class _Run:
+    """Where a run stands: steps done, the last loss, how it ended."""
 
-    def __init__(self, ring, steps):
-        self.ring = ring
-        self.steps = steps
-        self.writer = None
+    done: int = 0
+    last_loss: object = None
+    interrupted: bool = False
+    stopped_by: str | None = None
+    recorded_steps: list[int] = field(default_factory=list)
+
+
+def _record_run(config, corpus, trainer, centre, out, extra, progress, on_step) -> _Run:
+    """Train for ``config.steps`` steps, streaming the recording to ``out`` through a temporary file.
+
+    The header says ``complete: false`` until the last record is on disk; a stop
+    (signal or ``KeyboardInterrupt``) compacts the file to the records done.
+    """
+    from blackholes.io.atomic import atomic_path
+    from blackholes.training.recording import RecordingWriter, recording_specs
+    from blackholes.training.signals import StopOnSignal
+
+    starts = window_starts(config, corpus.size)
+    steps = config.recorded_steps()
+    meta = _Metadata(config, corpus, centre, starts, steps, extra)
+    run = _Run()
+    pbar = _progress_bar(config.steps, progress)
+    # StopOnSignal outside atomic_path: a signal arriving after the last step is delivered
+    # only once the complete file has been renamed into place.
+    with StopOnSignal() as stop, atomic_path(out) as tmp:
+        writer = RecordingWriter(tmp, recording_specs(config), len(steps), meta.encode(complete=False))
+        recorder = StepRecorder(writer, steps, trainer, config)
+        try:
+            _loop(config, trainer, _Batches(corpus, starts, config.context), recorder, run, stop, pbar, on_step)
+            recorder.flush()
+            if run.interrupted:
+                writer.truncate(recorder.records, meta.encode(complete=False, done=run.done, by=run.stopped_by))
+            else:
+                writer.rewrite_metadata(meta.encode(complete=True))
+        except KeyboardInterrupt:
+            # Keep what is complete: flush buffered records, shrink the file to them.
+            if recorder.records == 0:  # not even the initialisation: nothing worth keeping
+                raise
+            run.interrupted, run.stopped_by, stop.consumed = True, run.stopped_by or stop.name, True
+            recorder.flush()
+            writer.truncate(recorder.records, meta.encode(complete=False, done=run.done, by=run.stopped_by))
+        finally:
+            writer.close()
+            _close_progress_bar(pbar, run.last_loss)
+        run.recorded_steps = steps[: recorder.records]
+    return run
+
+
+def _loop(config, trainer, batches, recorder, run, stop, pbar, on_step) -> None:
+    """The training loop proper: batch -> step (forward/backward, clip, lr, update) -> record."""
+    recorder.initial()
+    for step in range(1, config.steps + 1):
+        inputs, targets = batches.get(step)
+        observe = recorder.before_update if recorder.wants(step) else None
+        out = train_step(trainer, inputs, targets, learning_rate(config, step), observe)
+        run.done, run.last_loss = step, out.loss.detach()
+        if observe is not None:
+            recorder.after_update(out)
+        if pbar is not None:
+            pbar.update(1)
+            if recorder.just_flushed:
+                pbar.set_postfix_str(f"loss {float(run.last_loss):.4f}", refresh=False)
+        if on_step is not None:
+            on_step(step)
+        if stop.requested and step < config.steps:  # at a step boundary: keep the steps done
+            run.interrupted, run.stopped_by, stop.consumed = True, stop.name, True
+            return
+
+
+class _Metadata:
+    """The recording's ``__metadata__``: everything but completion is known before the first step."""
+
+    def __init__(self, config, corpus, centre, starts, steps, extra):
+        import torch
+
+        self.config, self.corpus, self.starts, self.steps = config, corpus, starts, steps
+        self.centre = [float(v) for v in centre]
+        self.extra = {**extra, "torch": torch.__version__}
+        self.all_counts = draw_counts(corpus.tokens, starts, config)  # of the whole run, counted once
+
+    def encode(self, *, complete: bool, done: int | None = None, by: str | None = None) -> dict[str, str]:
+        from blackholes.training.recording import encode_metadata
+
+        c, corpus = self.config, self.corpus
+        steps = self.steps if done is None else [s for s in self.steps if s <= done]
+        counts = self.all_counts if done is None else draw_counts(corpus.tokens, self.starts[:done], c)
+        meta = {
+            "format": "blackholes.recording/1", "config": c.recipe(), "sigma": c.sigma, "seed": c.seed,
+            "dtype": c.dtype, "precision": c.precision, "init": c.init, "vocab": c.vocab, "width": c.width,
+            "steps": steps, "complete": complete, "corpus": str(corpus.path), "corpus_sha256": corpus.sha256(),
+            "corpus_bytes": corpus.size, "never_seen": corpora.never_seen(corpus.data, c.vocab),
+            "input_counts": counts[0].tolist(), "target_counts": counts[1].tolist(), "centre": self.centre,
+            "torch": self.extra["torch"], "threads": self.extra["threads"], "compiled": self.extra["compiled"],
+        }
+        if done is not None:
+            meta["interrupted_at_step"] = done
+            if by is not None:
+                meta["stopped_by"] = by
+        return encode_metadata(meta)
+
+
+class StepRecorder:
+    """Copies each recorded step's tensors into a small ring buffer and writes full rings to disk.
+
+    Per recorded step: :meth:`before_update` (gradient before clipping, logits, loss),
+    then :meth:`after_update` (weights and Adam's state after the update), which
+    completes the record.
+    """
+
+    def __init__(self, writer, steps: list[int], trainer: Trainer, config: TrainConfig):
+        import torch
+
+        from blackholes.training.recording import recording_specs
+
+        dtypes = {"BF16": torch.bfloat16, "F32": torch.float32}
+        self.ring = {s.name: torch.zeros((_RING, *s.shape), dtype=dtypes[s.dtype]) for s in recording_specs(config)}
+        self.writer, self.trainer, self.W = writer, trainer, trainer.model.embedding
+        self.is_recorded = np.zeros(config.steps + 1, dtype=bool)
+        self.is_recorded[steps] = True
         self.records = 0  # records complete in memory or on disk
         self.flushed = 0  # records on disk
         self.just_flushed = False
 
-    def slot(self) -> int:
-        return self.records % _RING
+    def wants(self, step: int) -> bool:
+        return bool(self.is_recorded[step])
 
-    def commit(self) -> None:
-        """The current slot is complete; write the ring out when it is full."""
+    def initial(self) -> None:
+        """Record 0: the initialisation (no gradient, logits or state yet; loss and norm NaN)."""
+        slot = self.records % _RING
+        self.ring["embeddings"][slot].copy_(self.W.detach())
+        self.ring["losses"][slot] = float("nan")
+        self.ring["grad_norms"][slot] = float("nan")
+        self._commit(slot)
+
+    def before_update(self, loss, last_logits) -> None:
+        import torch
+
+        slot = self.records % _RING
+        self.ring["grads"][slot].copy_(self.W.grad)  # before clipping
+        self.ring["logits"][slot].copy_(last_logits.detach())
+        self.ring["losses"][slot] = loss.detach()
+        if not self.trainer.clip:  # no clipping computes the norm for us: measure it here, read-only
+            grads = [p.grad for p in self.trainer.params if p.grad is not None]
+            self.ring["grad_norms"][slot] = torch.nn.utils.get_total_norm(grads, foreach=True)
+
+    def after_update(self, out: StepOutput) -> None:
+        slot = self.records % _RING
+        self.ring["embeddings"][slot].copy_(self.W.detach())
+        if out.grad_norm is not None:
+            self.ring["grad_norms"][slot] = out.grad_norm
+        if "momentum" in self.ring:
+            state = self.trainer.optimizer.state[self.W]
+            self.ring["momentum"][slot].copy_(state["exp_avg"])
+            self.ring["variance"][slot].copy_(state["exp_avg_sq"])
+        self._commit(slot)
+
+    def _commit(self, slot: int) -> None:
+        """The slot is complete; write the ring out when it is full."""
+        if "embeddings_bf16" in self.ring:  # the copy the next forward pass reads (bf16-mixed)
+            self.ring["embeddings_bf16"][slot].copy_(self.ring["embeddings"][slot])
         self.records += 1
         self.just_flushed = False
         if self.records - self.flushed == _RING:
@@ -503,3 +574,10 @@ def _progress_bar(total: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, unit="step", dynamic_ncols=True, mininterval=0.25, smoothing=0.1)
+
+
+def _close_progress_bar(pbar, last_loss) -> None:
+    if pbar is not None:
+        if last_loss is not None:
+            pbar.set_postfix_str(f"loss {float(last_loss):.4f}", refresh=False)
+        pbar.close()

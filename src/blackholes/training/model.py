@@ -7,12 +7,14 @@ tied matrix, ``model.wte.weight`` of shape ``[vocab, width]``. Tokens are bytes.
 
 The only unusual part is :meth:`GPT.init_weights`: every embedding row starts at
 one shared centre ``c`` plus ``sigma`` times its own noise, so ``sigma=0`` puts
-the whole vocabulary on a single point.
+the whole vocabulary on a single point (``init="centre"``; see :data:`INITS` for
+the unit-vector centre and the usual no-shared-point control).
 
 >>> config = GPTConfig(vocab=128, width=64, layers=2, heads=2)
 >>> model = GPT(config)
 >>> centre = model.init_weights(sigma=0.0, generator=torch.Generator().manual_seed(0))
->>> logits = model(torch.zeros(1, 16, dtype=torch.long))   # [1, 16, 128]
+>>> model(torch.zeros(1, 16, dtype=torch.long)).shape
+torch.Size([1, 16, 128])
 """
 
 from __future__ import annotations
@@ -23,6 +25,13 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+# How the embedding rows start (all drawn in float32, rounded once to the training dtype):
+INITS = {
+    "centre": "row i = c + sigma * eps_i, c ~ N(0, 0.02^2) shared by every row (sigma = 0: one point)",
+    "unit": "row i = u + sigma * eps_i, u a random unit vector shared by every row ('Lil Gatsby II')",
+    "normal": "row i = sigma * eps_i: no shared point, the usual init (the control)",
+}
 
 
 @dataclass
@@ -118,20 +127,27 @@ class GPT(nn.Module):
         return self.wte.weight
 
     @torch.no_grad()
-    def init_weights(self, sigma: float, generator: torch.Generator) -> torch.Tensor:
-        """GPT-2 initialisation, except the embedding: row i = c + sigma * eps_i.
+    def init_weights(self, sigma: float, generator: torch.Generator, init: str = "centre") -> torch.Tensor:
+        """GPT-2 initialisation, except the embedding, whose rows start as :data:`INITS` says.
 
-        ``c ~ N(0, 0.02^2)`` is one shared centre, ``eps_i ~ N(0, 1)``; both are
-        drawn in float32 from ``generator`` and the rows are rounded once when the
-        model is cast to its training dtype, so ``sigma=0`` gives bit-identical
-        rows. Returns the centre (float32, ``[width]``).
+        ``eps_i ~ N(0, 1)``; the centre and the noise are drawn in float32 from
+        ``generator`` (in the same order for every ``init``, so the other weights do not
+        depend on it) and the rows are rounded once when the model is cast to its training
+        dtype, so ``sigma=0`` gives bit-identical rows. Returns the rows' shared point
+        (float32, ``[width]``; zeros for ``init="normal"``, which has none).
 
-        >>> c = model.init_weights(0.0, torch.Generator().manual_seed(0))
+        >>> model = GPT(GPTConfig(vocab=8, context=4, width=4, layers=1, heads=1))
+        >>> c = model.init_weights(0.0, torch.Generator().manual_seed(0), init="unit")
+        >>> round(float(c.norm()), 6), bool((model.embedding == c).all())
+        (1.0, True)
         """
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
         cfg = self.config
         randn = lambda *shape: torch.randn(*shape, generator=generator, dtype=torch.float32)  # noqa: E731
-        centre = randn(cfg.width) * 0.02
+        draw = randn(cfg.width)
         noise = randn(cfg.vocab, cfg.width)
+        centre = {"centre": draw * 0.02, "unit": draw / draw.norm(), "normal": torch.zeros(cfg.width)}[init]
         self.wte.weight.copy_(centre + sigma * noise if sigma else centre.expand(cfg.vocab, -1))
         self.wpe.weight.copy_(randn(cfg.context, cfg.width) * 0.02)
         # Residual projections are scaled down by sqrt(2 * layers), as in GPT-2.

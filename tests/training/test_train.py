@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from blackholes.errors import BlackholesError
+from conftest import GATSBY
 from blackholes.training.model import GPT, GPTConfig
 from blackholes.training.recording import read_recording_metadata
 from blackholes.training.loop import TrainConfig, default_corpus_path, train, window_starts
 
-ROOT = Path(__file__).resolve().parents[1]
-GATSBY = ROOT.parent / "shared" / "data" / "gatsby_clean.txt"
 KEYS = ("embeddings", "grads", "logits", "momentum", "variance")
 
 
@@ -72,7 +71,7 @@ def run(corpus, tmp_path_factory):
 
 def test_recording_has_the_contract_keys_shapes_and_dtype(run):
     result, data = run
-    assert set(data) == {"embeddings", "grads", "logits", "losses", "momentum", "variance"}
+    assert set(data) == {"embeddings", "grads", "logits", "losses", "momentum", "variance", "grad_norms"}
     for key in ("embeddings", "grads", "momentum", "variance"):
         assert data[key].shape == (13, 32, 16) and data[key].dtype == torch.bfloat16
     assert data["logits"].shape == (13, 32) and data["losses"].shape == (13,)
@@ -212,7 +211,7 @@ def test_every_records_every_kth_step_and_the_last(corpus, tmp_path, run):
 
 def test_no_optimizer_state(corpus, tmp_path):
     result = train(small(corpus, steps=3, optimizer_state=False), tmp_path / "r.safetensors", progress=False)
-    assert set(load_file(result.path)) == {"embeddings", "grads", "logits", "losses"}
+    assert set(load_file(result.path)) == {"embeddings", "grads", "logits", "losses", "grad_norms"}
     assert read_recording_metadata(result.path)["config"]["optimizer_state"] is False
 
 
@@ -385,7 +384,7 @@ def test_without_a_working_compiler_training_falls_back_to_eager(corpus, tmp_pat
         return call
 
     monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr("blackholes.training.loop._COMPILED_STEP", None)
+    monkeypatch.setattr("blackholes.training.loop._COMPILED", {})  # no graph compiled by an earlier test
     with pytest.warns(RuntimeWarning, match="torch.compile is not available here .*InvalidCxxCompiler"):
         result = train(small(corpus, compile=True, steps=3), tmp_path / "r.safetensors", progress=False)
     assert not result.compiled and result.compile_seconds < 5

@@ -33,6 +33,11 @@ _LAZY = {
     "train": "training.loop",
     "TrainConfig": "training.loop",
     "TrainResult": "training.loop",
+    "scan_both": "analysis.groups",
+    "ModelScan": "analysis.groups",
+    "census": "pipelines.census",
+    "CensusResult": "pipelines.census",
+    "Recording": "training.recording",
     "BlackholesError": "errors",
 }
 

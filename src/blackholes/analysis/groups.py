@@ -247,6 +247,7 @@ def scan(
     reference=None,
     percentile: float = 2.0,
     progress: bool = False,
+    threads: int | None = None,
 ) -> ScanResult:
     """Find every group of bit-identical rows in an embedding matrix.
 
@@ -260,7 +261,7 @@ def scan(
     Magikarp's under-trained indicators (``reference`` ids override the automatic
     reference set) and lists the candidates at or below ``percentile``. When a tokenizer
     is known, every token in a hole, a halo or the candidate list gets its category and
-    Unicode script.
+    Unicode script. ``threads``: for hashing (default: up to 2; 1 in a pool of workers).
 
     >>> [g.size for g in scan("org/tiny").groups]            # cached, offline
     [8, 4]
@@ -270,7 +271,7 @@ def scan(
     m = as_matrix(source, key=key, matrix=matrix, dtype=dtype)
     n, d = m.shape
     t0 = time.perf_counter()
-    found = find_groups(m.array)
+    found = find_groups(m.array, threads=threads)
     seconds = time.perf_counter() - t0
 
     ids = np.concatenate(found).tolist() if found else []

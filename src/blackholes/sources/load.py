@@ -68,7 +68,9 @@ def _load(text: str, key, matrix, step, cache, progress) -> Matrix:
         path = input_file(path)
         return _load_gguf(path, key, matrix) if is_gguf(path) else load_file(path, key, matrix, step)
     if looks_like_model_id(text):
-        return load_folder(cached_snapshot(text), key, matrix)
+        snapshot = cached_snapshot(text)
+        gguf = _lone_gguf(snapshot)
+        return _load_gguf(gguf, key, matrix) if gguf is not None else load_folder(snapshot, key, matrix)
     raise BlackholesError(f"no such file or directory: {text}")
 
 

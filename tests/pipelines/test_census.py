@@ -232,7 +232,8 @@ def test_options_are_forwarded_to_scan(tmp_path, monkeypatch):
 
     monkeypatch.setattr(groups, "scan", scan)
     outcome = C.scan_one(C.Task(str(tmp_path / "m"), "input", (("indicators", True), ("near", 4))))
-    assert seen == [{"indicators": True, "near": 4}] and outcome.row["options"] == {"indicators": True, "near": 4}
+    assert seen == [{"threads": None, "indicators": True, "near": 4}]
+    assert outcome.row["options"] == {"indicators": True, "near": 4}  # threads is how, not what: not an option
     assert outcome.row["error"] is None and outcome.row["tied"] is True
 
 

@@ -30,9 +30,9 @@ from typing import Iterable
 import numpy as np
 
 from blackholes.errors import BlackholesError
-from blackholes.training.recording import decode_metadata
+from blackholes.training.corpus import read_corpus
+from blackholes.training.recording import Recording
 from blackholes.io.dtypes import to_float32
-from blackholes.io.safetensors import Header, open_tensor, read_header
 
 DEFAULT_STEPS = (0, 1, 2, 10, 100, 1000, 10000)
 REQUIRED_KEYS = ("embeddings", "grads", "logits")
@@ -141,7 +141,7 @@ def analyze(
     >>> r.untrained_source, r.first_divergence
     ('metadata', {'logits': None, 'grads': None, 'positions': None})
     """
-    rec = _open_recording(recording)
+    rec = _Recording(recording)
     notes = _recording_notes(rec)
     vocab = rec.shape[1]
     untrained, source = _untrained_tokens(rec, corpus, tokens, notes)
@@ -301,82 +301,28 @@ def parse_tokens(text: str, vocab: int | None = None) -> list[int]:
 # ---------------------------------------------------------------------------- reading
 
 
-@dataclass
-class _Recording:
-    path: Path
-    header: Header
-    dtype: str  # of the embeddings
-    shape: tuple[int, int, int]
-    steps: np.ndarray  # training step at each index (int64)
-    losses: np.ndarray | None
-    metadata: dict  # decoded: each JSON value parsed (see recording.decode_metadata)
-    not_strings: list[str] = field(default_factory=list)  # keys whose raw value was not a string
+class _Recording(Recording):
+    """A training recording as dynamics reads it: embeddings, grads and logits at two records
+    or more, and the losses (float64) when recorded."""
 
-    def tensor(self, key: str) -> np.ndarray:
-        return open_tensor(self.path, key, self.header)
-
-    def dtype_of(self, key: str) -> str:
-        return self.header.tensors[key].dtype
+    def __init__(self, path: str | os.PathLike):
+        super().__init__(path, require=REQUIRED_KEYS)
+        n, vocab, dim = self.shape
+        if n < 2 or vocab < 1 or dim < 1:
+            raise BlackholesError(f"recording too small to analyse: 'embeddings' is {list(self.shape)} "
+                                  "(need >= 2 steps)")
+        self.losses = None
+        if "losses" in self and self.dtype_of("losses") in _BITS:
+            self.losses = _floats(self.tensor("losses"), self.dtype_of("losses")).astype(np.float64)
 
     def meta_json(self, key: str):
         """The decoded value of metadata ``key`` (None when absent); a value that is not JSON stays text."""
         return self.metadata.get(key)
 
     def summary_metadata(self) -> dict:
-        keep = ("sigma", "seed", "dtype", "complete", "interrupted_at_step", "corpus_sha256", "centre")
+        keep = ("sigma", "seed", "dtype", "precision", "init", "complete", "interrupted_at_step", "corpus_sha256",
+                "centre")
         return _json_safe({k: self.metadata[k] for k in keep if k in self.metadata})
-
-
-def _open_recording(path: str | os.PathLike) -> _Recording:
-    header = read_header(path)
-    missing = [k for k in REQUIRED_KEYS if k not in header.tensors]
-    if missing:
-        keys = ", ".join(sorted(header.tensors)) or "(none)"
-        raise BlackholesError(
-            f"not a training recording: missing tensor(s) {', '.join(missing)} in {header.path} "
-            f"(it has: {keys})"
-        )
-    info = {k: header.tensors[k] for k in REQUIRED_KEYS}
-    for k, i in info.items():
-        if i.dtype not in _BITS:
-            raise BlackholesError(f"tensor {k!r} has dtype {i.dtype}; expected BF16, F16, F32 or F64")
-    emb = info["embeddings"].shape
-    if len(emb) != 3:
-        raise BlackholesError(f"'embeddings' must be [steps, vocab, dim], got shape {list(emb)}")
-    if info["grads"].shape != emb:
-        raise BlackholesError(
-            f"shapes disagree: 'embeddings' is {list(emb)} but 'grads' is {list(info['grads'].shape)}"
-        )
-    if info["logits"].shape != emb[:2]:
-        raise BlackholesError(
-            f"shapes disagree: 'logits' is {list(info['logits'].shape)}, expected {list(emb[:2])} "
-            f"(steps, vocab of 'embeddings')"
-        )
-    n, vocab, dim = emb
-    if n < 2 or vocab < 1 or dim < 1:
-        raise BlackholesError(f"recording too small to analyse: 'embeddings' is {list(emb)} (need >= 2 steps)")
-    rec = _Recording(header.path, header, info["embeddings"].dtype, (n, vocab, dim), np.arange(n), None,
-                     decode_metadata(header.metadata),
-                     [k for k, v in header.metadata.items() if not isinstance(v, str)])
-    steps = rec.meta_json("steps")
-    if steps is not None:
-        if not isinstance(steps, list) or len(steps) != n or not all(
-                isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in steps):
-            raise BlackholesError(
-                f"recording metadata 'steps' must list {n} integer training steps (one per recorded index, "
-                f"each from 0 to 2**62)"
-            )
-        arr = np.asarray(steps, dtype=np.int64)
-        if arr[0] != 0 or np.any(np.diff(arr) <= 0):
-            raise BlackholesError("recording metadata 'steps' must start at 0 and increase")
-        rec.steps = arr
-    if "losses" in header.tensors:
-        li = header.tensors["losses"]
-        if li.shape != (n,):
-            raise BlackholesError(f"shapes disagree: 'losses' is {list(li.shape)}, expected [{n}]")
-        if li.dtype in _BITS:
-            rec.losses = _floats(rec.tensor("losses"), li.dtype).astype(np.float64)
-    return rec
 
 
 def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tuple[list[int], str]:
@@ -384,7 +330,7 @@ def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tupl
     if corpus is not None and tokens is not None:
         raise BlackholesError("give either a corpus or tokens, not both")
     if corpus is not None:
-        data = corpus if isinstance(corpus, (bytes, bytearray)) else _read_corpus(corpus)
+        data = read_corpus(corpus).data
         arr = np.frombuffer(bytes(data), dtype=np.uint8)
         if arr.size == 0:
             raise BlackholesError("the corpus is empty")
@@ -424,16 +370,6 @@ def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tupl
             f"only one untrained token ({untrained[0]}): identity needs at least two tokens to compare"
         )
     return untrained, source
-
-
-def _read_corpus(path) -> bytes:
-    p = Path(path)
-    if not p.is_file():
-        raise BlackholesError(f"no such corpus file: {p}")
-    try:
-        return p.read_bytes()
-    except OSError as e:
-        raise BlackholesError(f"cannot read corpus {p}: {e.strerror or e}") from None
 
 
 def never_drawn_tokens(metadata: dict, untrained: Iterable[int] = (), vocab: int | None = None) -> list[int] | None:

@@ -173,9 +173,10 @@ class Recording:
         if steps is None:
             return np.arange(n, dtype=np.int64)
         ok = isinstance(steps, list) and len(steps) == n
-        if not ok or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps):
+        if not ok or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**62 for s in steps):
             raise BlackholesError(
-                f"recording metadata 'steps' must list {n} integer training steps (one per recorded index)"
+                f"recording metadata 'steps' must list {n} integer training steps (one per recorded index, "
+                f"each from 0 to 2**62)"
             )
         arr = np.asarray(steps, dtype=np.int64)
         if n and (arr[0] != 0 or np.any(np.diff(arr) <= 0)):

@@ -50,7 +50,7 @@ def test_pngs_decode(run):
     from matplotlib.image import imread
 
     pngs = sorted((run[1] / "plots").glob("*.png"))
-    assert len(pngs) == 4
+    assert len(pngs) == 6  # dynamics x3, census x2, map
     for png in pngs:
         image = imread(png)
         assert image.ndim == 3 and min(image.shape[:2]) > 200, png
@@ -62,7 +62,7 @@ def test_html_is_self_contained_and_references_only_existing_files(run):
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
     refs = re.findall(r'(?:src|href)="([^"]+)"', page)
     embedded = [r for r in refs if r.startswith("data:image/png;base64,")]
-    assert len(embedded) == 4
+    assert len(embedded) == 6  # dynamics x3, census x2, map
     for ref in refs:
         if not ref.startswith("data:"):
             assert (out / ref).is_file(), ref
@@ -258,3 +258,19 @@ def test_followed_bytes_named_as_never_seen_and_never_drawn(tmp_path):
     line = next(a for a in r.answer if "move as one body" in a)
     assert "never-seen bytes" not in line
     assert f"the {len(followed)} untouched bytes (1 never seen, {len(followed) - 1} never drawn)" in line
+
+
+def test_census_and_precision_in_the_report(tmp_path):
+    """bf16-mixed: the census paragraph says how many holes exist and whether the hole still freezes."""
+    corpus = _corpus(tmp_path / "c.txt")
+    r = reproduce(tmp_path / "mixed", corpus=corpus, steps=40, precision="bf16-mixed", progress=False, log=None,
+                  recipe=FAST)
+    assert r.config["precision"] == "bf16-mixed" and "--precision bf16-mixed" in r.command
+    assert r.census is not None and len(r.census.steps) == 41
+    census_line = next(line for line in r.answer if line.startswith("**Every group, every step**"))
+    assert f"{int(r.census.holes[-1]):,} ({int(r.census.tokens_in_holes[-1]):,} tokens) at step 40" in census_line
+    assert "In bf16-mixed the hole" in census_line
+    doc = json.loads((tmp_path / "mixed" / "dynamics.json").read_text())
+    assert doc["census"]["series"]["holes"] == [int(h) for h in r.census.holes]
+    page = (tmp_path / "mixed" / "report.md").read_text()
+    assert "Every group at every step (census)" in page and "plots/census.png" in page

@@ -209,6 +209,8 @@ def _draw_dynamics(result, census, folder) -> list:
 
 
 def _add_reproduce(sub) -> argparse.ArgumentParser:
+    from blackholes.training.config import INITS, PRECISIONS  # no torch: the config module only names them
+
     p = sub.add_parser(
         "reproduce",
         help="the whole experiment: train from one point, scan, follow the hole, write report.html",
@@ -225,8 +227,12 @@ def _add_reproduce(sub) -> argparse.ArgumentParser:
     p.add_argument("--sigma", type=float, default=0.0, metavar="S",
                    help="spread of the initial embedding rows around their shared centre (default 0: one point)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    p.add_argument("--dtype", choices=("bf16", "fp32", "bf16-mixed"), default="bf16",
-                   help="training precision, as `train --precision` (default bf16)")
+    p.add_argument("--precision", "--dtype", dest="precision", choices=PRECISIONS, default="bf16",
+                   help="training precision, as `train --precision`: bf16 (weights and Adam state in bf16, the "
+                   "original's), fp32, or bf16-mixed (fp32 master weights, bf16 autocast) (default bf16; "
+                   "--dtype is the older name)")
+    p.add_argument("--init", choices=INITS, default="centre",
+                   help="initialisation, as `train --init` (default centre: one shared point plus sigma noise)")
     p.add_argument("--vocab", type=int, default=128, metavar="N",
                    help="byte vocabulary: 128 (ASCII, default) or up to 256 for arbitrary bytes")
     p.add_argument("--out", metavar="DIR", required=True, help="folder for the recording, results and report")
@@ -239,7 +245,8 @@ def _run_reproduce(args) -> int:
     from blackholes.pipelines.reproduce import DEFAULT_STEPS, reproduce
 
     result = reproduce(
-        args.out, corpus=args.corpus, steps=DEFAULT_STEPS if args.steps is None else args.steps, sigma=args.sigma, seed=args.seed, dtype=args.dtype,
+        args.out, corpus=args.corpus, steps=DEFAULT_STEPS if args.steps is None else args.steps, sigma=args.sigma, seed=args.seed,
+        precision=args.precision, init=args.init,
         force=args.force, progress=not args.quiet, log=None if args.quiet else print,
         recipe=None if args.vocab == 128 else {"vocab": args.vocab},
     )

@@ -27,8 +27,6 @@ import numpy as np
 from blackholes.analysis.dynamics import finite_or_none, never_drawn_tokens
 from blackholes.render.dynamics import format_bytes
 from blackholes.errors import BlackholesError
-from blackholes.render.page import Document
-from blackholes.training.recording import decode_metadata
 
 # Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps
 # the run (training + every analysis) under a minute on a 2-core machine while the
@@ -87,6 +85,7 @@ class ReproduceResult:
     answer: list[str]
     versions: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
+    census: object = None  # blackholes.analysis.lifecycle.Census of every group at every step
 
     @property
     def report_html(self) -> Path:
@@ -153,7 +152,9 @@ def reproduce(
     steps: int = DEFAULT_STEPS,
     sigma: float = 0.0,
     seed: int = 0,
-    dtype: str = "bf16",
+    precision: str | None = None,
+    init: str | None = None,
+    dtype: str | None = None,
     force: bool = False,
     progress: bool = True,
     log=print,
@@ -162,163 +163,217 @@ def reproduce(
 ) -> ReproduceResult:
     """Train, record, scan, analyse and plot; write everything and ``report.html`` into ``out``.
 
-    ``corpus`` None uses the package's own default corpus. ``log`` receives one line
-    per stage (``None`` for silence); ``progress`` shows the training and PCA bars.
-    ``recipe`` overrides further :class:`~blackholes.train.TrainConfig` fields
-    (e.g. ``{"vocab": 256}``).
+    ``corpus`` None uses the package's own default corpus. ``precision`` is ``bf16`` (the
+    default: weights and Adam state in bf16, as the original), ``fp32`` or ``bf16-mixed``;
+    ``dtype`` is its older name. ``init`` is ``centre`` (default), ``unit`` or ``normal``.
+    ``log`` receives one line per stage (``None`` for silence); ``progress`` shows the
+    training and PCA bars. ``recipe`` overrides further
+    :class:`~blackholes.training.config.TrainConfig` fields (e.g. ``{"vocab": 256}``).
 
     >>> r = reproduce("tiny-demo", steps=30, log=None, progress=False, recipe={"compile": False})
     >>> r.report_html, r.checks[0].passed
     (PosixPath('tiny-demo/report.html'), True)
     """
-    from blackholes import __version__
-    from blackholes.training.loop import TrainConfig, default_corpus_path, load_corpus, train
+    run = _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progress, log, command, recipe)
+    made_plots = not (run.out / "plots").exists()
+    (run.out / "plots").mkdir(parents=True, exist_ok=True)  # only once every setting is valid
+    try:
+        trained = _train(run)
+        initial, final, meta = _scan(run)
+        findings = _findings(run, trained, initial, final, meta)
+        dyn, census, dyn_plots = _dynamics(run, trained, findings)
+        dmap = _map(run, trained, final)
+        return _report(run, trained, initial, final, findings, dyn, census, dyn_plots, dmap)
+    except BaseException:
+        if made_plots:  # a failed run leaves no empty plots/ that would make the retry need --force
+            with contextlib.suppress(OSError):
+                (run.out / "plots").rmdir()
+        raise
 
-    say = log or (lambda *_: None)
+
+@dataclass
+class _Run:
+    """One reproduce run's settings and bookkeeping, handed from stage to stage."""
+
+    out: Path
+    files: dict[str, Path]
+    config: object  # TrainConfig
+    corpus_path: Path
+    command: str
+    progress: bool
+    say: object
+    seconds: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    def stage(self, name: str):
+        """Time a stage into ``seconds[name]``."""
+        return _Timer(self.seconds, name)
+
+
+class _Timer:
+    def __init__(self, seconds: dict, name: str):
+        self.seconds, self.name = seconds, name
+
+    def __enter__(self):
+        self.t = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.seconds[self.name] = time.perf_counter() - self.t
+
+
+def _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progress, log, command, recipe) -> _Run:
+    """Every setting checked, every output checked against the inputs; nothing written yet."""
+    from blackholes.training.config import TrainConfig
+    from blackholes.training.corpus import default_corpus_path
+    from blackholes.training.loop import prepare_corpus
+
     out = check_out_dir(out, force)
     if steps < 1:
         raise BlackholesError(f"--steps must be at least 1, got {steps}")
     if not (sigma >= 0 and np.isfinite(sigma)):
         raise BlackholesError(f"--sigma must be a finite number >= 0, got {sigma}")
     corpus_path = Path(corpus) if corpus is not None else default_corpus_path()
-    if not corpus_path.is_file():
-        raise BlackholesError(f"no such corpus file: {corpus_path}")
     files = {k: out / v for k, v in FILES.items()}
     _check_files(out, files, corpus_path, force)
+    settings = {k: v for k, v in (("precision", precision), ("init", init), ("dtype", dtype)) if v is not None}
     try:
         config = TrainConfig(corpus=corpus if corpus is None else str(corpus), sigma=sigma, steps=steps, seed=seed,
-                             dtype=dtype, **(recipe or {}))
+                             **settings, **(recipe or {}))
     except TypeError as e:
         raise BlackholesError(f"unknown training setting: {e}") from None
     config.validate()
-    load_corpus(config)  # a byte outside the vocabulary fails here, before anything is written
-    made_plots = not (out / "plots").exists()
-    (out / "plots").mkdir(parents=True, exist_ok=True)  # only once every setting is valid
-    try:
-        return _run(out, files, config, corpus_path, command, corpus, steps, sigma, seed, dtype, recipe,
-                    progress, say)
-    except BaseException:
-        if made_plots:  # a failed run leaves no empty plots/ that would make the retry need --force
-            with contextlib.suppress(OSError):
-                (out / "plots").rmdir()
-        raise
+    prepare_corpus(config)  # a missing corpus, or a byte outside the vocabulary, fails here: nothing written
+    command = command or canonical_command(out, corpus, steps, sigma, seed, config.precision, recipe, config.init)
+    return _Run(out, files, config, corpus_path, command, progress, log or (lambda *_: None))
 
 
-def _run(out, files, config, corpus_path, command, corpus, steps, sigma, seed, dtype, recipe, progress, say):
-    from blackholes import __version__
+def _train(run: _Run):
+    """1. Train and record every step."""
     from blackholes.training.loop import train
 
-    command = command or canonical_command(out, corpus, steps, sigma, seed, dtype, recipe)
-    seconds: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    # 1. train and record
-    say(f"[1/5] training {steps:,} steps (sigma={sigma:g}, seed={seed}, {dtype}) on {corpus_path.name} ...")
-    t = time.perf_counter()
-    _remove_previous(out)  # --force: no file of an earlier run may survive to be mistaken for this one's
-    trained = train(config, files["recording"], progress=progress)
-    seconds["train"] = time.perf_counter() - t
+    cfg = run.config
+    run.say(f"[1/5] training {cfg.steps:,} steps (sigma={cfg.sigma:g}, seed={cfg.seed}, {cfg.precision}"
+            f"{'' if cfg.init == 'centre' else ', init ' + cfg.init}) on {run.corpus_path.name} ...")
+    with run.stage("train"):
+        _remove_previous(run.out)  # --force: no file of an earlier run may survive to be mistaken for this one's
+        trained = train(cfg, run.files["recording"], progress=run.progress)
     if trained.interrupted:  # Ctrl-C: train() kept the steps done so far; stop like any interrupted command
         import sys
 
-        print(f"interrupted after {trained.steps_done:,} steps: partial recording kept at {files['recording']}; "
+        print(f"interrupted after {trained.steps_done:,} steps: partial recording kept at {run.files['recording']}; "
               "no report written", file=sys.stderr)
         raise KeyboardInterrupt
-    say(f"      recorded {trained.steps_done:,} steps in {trained.seconds:.1f} s -> {files['recording']}")
+    run.say(f"      recorded {trained.steps_done:,} steps in {trained.seconds:.1f} s -> {run.files['recording']}")
+    return trained
 
-    # 2. scan the first and last embedding matrices
-    say("[2/5] scanning the initial and final embedding matrices for black holes ...")
-    t = time.perf_counter()
+
+def _scan(run: _Run):
+    """2. Black holes of the first and the last embedding matrix (and their JSON and masks)."""
     from blackholes.analysis.groups import scan
-    from blackholes.io.safetensors import open_tensor, read_header
+    from blackholes.training.recording import Recording
 
-    header = read_header(files["recording"])
-    emb = open_tensor(files["recording"], "embeddings", header)
-    emb_dtype = header.tensors["embeddings"].dtype
-    meta = decode_metadata(header.metadata)
-    initial = scan(np.asarray(emb[0]), dtype=emb_dtype)
-    final = scan(np.asarray(emb[-1]), dtype=emb_dtype)
-    for which, result in (("initial", initial), ("final", final)):
-        result.source = f"{FILES['recording']}:embeddings[{'0' if which == 'initial' else '-1'}]"
-        result.key = "embeddings"
-        _write_json(files[f"scan_{which}"], result.to_json())
-        result.save_mask(files[f"mask_{which}"])
-    seconds["scan"] = time.perf_counter() - t
+    run.say("[2/5] scanning the initial and final embedding matrices for black holes ...")
+    with run.stage("scan"):
+        rec = Recording(run.files["recording"])
+        emb = rec.tensor("embeddings")
+        results = []
+        for which, index in (("initial", 0), ("final", -1)):
+            result = scan(np.asarray(emb[index]), dtype=rec.dtype)
+            result.source = f"{FILES['recording']}:embeddings[{'0' if index == 0 else '-1'}]"
+            result.key = "embeddings"
+            _write_json(run.files[f"scan_{which}"], result.to_json())
+            result.save_mask(run.files[f"mask_{which}"])
+            results.append(result)
+    initial, final = results
+    run.say(f"      initial: {_groups_line(initial)}; final: {_groups_line(final)}")
+    return initial, final, rec.metadata
 
+
+@dataclass
+class _Findings:
+    never_seen: list[int]
+    never_drawn: list[int]
+    hole: list[int]
+    checks: list[Check]
+
+
+def _findings(run: _Run, trained, initial, final, meta) -> _Findings:
     never_seen = sorted(int(t) for t in (meta.get("never_seen") or trained.never_seen or []))
     never_drawn = never_drawn_tokens(meta, never_seen) or []
     hole = _hole_tokens(final, never_seen + never_drawn)
-    checks = _checks(sigma, initial, final, never_seen, never_drawn, hole, meta, emb.shape[1])
-    say(f"      initial: {_groups_line(initial)}; final: {_groups_line(final)}")
+    checks = _checks(run.config.sigma, initial, final, never_seen, never_drawn, hole, meta, final.shape[0])
+    return _Findings(never_seen, never_drawn, hole, checks)
 
-    # 3. dynamics
-    say("[3/5] following the never-seen bytes through every recorded step ...")
-    t = time.perf_counter()
+
+def _dynamics(run: _Run, trained, f: _Findings):
+    """3. Follow the never-seen bytes through every recorded step; count every group at every step."""
+    from blackholes.analysis.dynamics import DEFAULT_STEPS as SAMPLED
     from blackholes.analysis.dynamics import analyze
-    from blackholes.render.plots import plot_density_map, plot_dynamics
+    from blackholes.analysis.lifecycle import census_of_recording
+    from blackholes.render.lifecycle import plot_census, plot_last_motion
+    from blackholes.render.plots import plot_dynamics
 
+    run.say("[3/5] following the never-seen bytes through every recorded step ...")
     # a hole needs two tokens: follow the never-seen bytes, or with fewer, every untouched byte
-    followed = never_seen if len(never_seen) >= 2 else sorted(never_seen + never_drawn)
-    dyn = None
-    dyn_plots: list[Path] = []
-    if len(followed) >= 2:
+    followed = f.never_seen if len(f.never_seen) >= 2 else sorted(f.never_seen + f.never_drawn)
+    dyn, census, plots = None, None, []
+    if len(followed) < 2:
+        run.files.pop("dynamics")
+        run.say(f"      {len(followed)} untrained token(s): fewer than two, no hole to follow")
+        return dyn, census, plots
+    with run.stage("dynamics"):
         last = int(trained.steps_done)
-        sample = sorted({s for s in (0, 1, 2, 10, 100, 1000, 10000) if s <= last} | {last})
-        dyn = analyze(files["recording"], tokens=followed, steps=sample)
-        _write_json(files["dynamics"], dyn.to_json())
-        dyn_plots = [Path(p) for p in plot_dynamics(dyn, out / "plots")]
-    else:
-        files.pop("dynamics")
-        say(f"      {len(followed)} untrained token(s): fewer than two, no hole to follow")
-    seconds["dynamics"] = time.perf_counter() - t
-    frozen_from = _frozen_from(dyn)
+        sample = sorted({s for s in SAMPLED if s <= last} | {last})
+        dyn = analyze(run.files["recording"], tokens=followed, steps=sample)
+        census = census_of_recording(run.files["recording"], never_seen=f.never_seen or None)
+        plots = [Path(p) for p in plot_dynamics(dyn, run.out / "plots")]
+        plots += [plot_census(census, run.out / "plots" / "census.png"),
+                  plot_last_motion(census, run.out / "plots" / "census_last_motion.png", f.hole)]
+        _write_json(run.files["dynamics"], {**dyn.to_json(), "census": census.to_json()})
+    return dyn, census, plots
 
-    # 4. density map of the final matrix, without and with the mask
-    say("[4/5] drawing the density map of the final embedding matrix ...")
-    t = time.perf_counter()
+
+def _map(run: _Run, trained, final):
+    """4. Density map of the final matrix, without and with the mask."""
     from blackholes.analysis.density import density_map
+    from blackholes.render.plots import plot_density_map
+    from blackholes.training.recording import Recording
 
-    has_holes = final.black_hole_tokens > 0  # no mask, no second panel: it would repeat the first
-    dmap = density_map(np.asarray(emb[-1]), dtype=emb_dtype, mask=final.mask if has_holes else None,
-                       black_hole_id=final.black_hole_id if has_holes else None, progress=False)
-    dmap.source, dmap.key = f"final embeddings (step {trained.steps_done:,})", "embeddings[-1]"
-    plot_density_map(dmap, files["map"], title=f"Final embedding matrix after {trained.steps_done:,} steps")
-    seconds["map"] = time.perf_counter() - t
+    run.say("[4/5] drawing the density map of the final embedding matrix ...")
+    with run.stage("map"):
+        rec = Recording(run.files["recording"])
+        has_holes = final.black_hole_tokens > 0  # no mask, no second panel: it would repeat the first
+        dmap = density_map(np.asarray(rec.tensor("embeddings")[-1]), dtype=rec.dtype,
+                           mask=final.mask if has_holes else None,
+                           black_hole_id=final.black_hole_id if has_holes else None, progress=False)
+        dmap.source, dmap.key = f"final embeddings (step {trained.steps_done:,})", "embeddings[-1]"
+        plot_density_map(dmap, run.files["map"], title=f"Final embedding matrix after {trained.steps_done:,} steps")
+    return dmap
 
-    # 5. the report
-    say("[5/5] writing the report ...")
-    seconds["total"] = time.perf_counter() - t_all
-    result = ReproduceResult(
-        out_dir=out,
-        files=files,
-        config=_config_json(config, corpus_path),
-        command=command,
-        train=trained,
-        initial_scan=initial,
-        final_scan=final,
-        dynamics=dyn,
-        density=dmap,
-        never_seen=never_seen,
-        never_drawn=never_drawn,
-        hole_tokens=hole,
-        frozen_from=frozen_from,
-        checks=checks,
-        answer=[],
-        versions=versions(__version__),
-        seconds=seconds,
-    )
-    result.answer = _answer(result)
-    plots = {"map": files["map"]}
-    for p in dyn_plots:
-        key = p.stem
-        files[key] = p
-        plots[key] = p
-    _write_json(files["summary"], result.to_json())
-    doc = _document(result, plots)
+
+def _report(run: _Run, trained, initial, final, f: _Findings, dyn, census, dyn_plots, dmap) -> ReproduceResult:
+    """5. reproduce.json, report.md and report.html."""
+    from blackholes import __version__
     from blackholes.io.atomic import write_text
+    from blackholes.render.reproduce_page import answer, document
 
-    write_text(files["report_md"], doc.markdown())
-    write_text(files["report_html"], doc.html())
+    run.say("[5/5] writing the report ...")
+    run.seconds["total"] = time.perf_counter() - run.started
+    result = ReproduceResult(
+        out_dir=run.out, files=run.files, config=_config_json(run.config, run.corpus_path), command=run.command,
+        train=trained, initial_scan=initial, final_scan=final, dynamics=dyn, density=dmap,
+        never_seen=f.never_seen, never_drawn=f.never_drawn, hole_tokens=f.hole, frozen_from=_frozen_from(dyn),
+        checks=f.checks, answer=[], versions=versions(__version__), seconds=run.seconds, census=census,
+    )
+    result.answer = answer(result)
+    plots = {"map": run.files["map"]}
+    for path in dyn_plots:
+        run.files[path.stem] = path
+        plots[path.stem] = path
+    _write_json(run.files["summary"], result.to_json())
+    doc = document(result, plots)
+    write_text(run.files["report_md"], doc.markdown())
+    write_text(run.files["report_html"], doc.html())
     return result
 
 
@@ -326,7 +381,8 @@ def _previous_outputs(out: Path) -> list[Path]:
     """Every file a ``reproduce`` writes into ``out``: the only files ``--force`` may remove."""
     from blackholes.render.plots import dynamics_plot_paths
 
-    return [out / name for name in FILES.values()] + dynamics_plot_paths(out / "plots")
+    census_plots = [out / "plots" / name for name in ("census.png", "census_last_motion.png")]
+    return [out / name for name in FILES.values()] + dynamics_plot_paths(out / "plots") + census_plots
 
 
 def _check_files(out: Path, files: dict, corpus_path: Path, force: bool) -> None:
@@ -345,7 +401,7 @@ def _remove_previous(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def canonical_command(out, corpus, steps, sigma, seed, dtype, recipe=None) -> str:
+def canonical_command(out, corpus, steps, sigma, seed, precision, recipe=None, init="centre") -> str:
     """The ``blackholes reproduce`` command line with every setting spelled out.
 
     Settings the command line cannot express (other ``recipe`` fields) follow as a comment.
@@ -353,8 +409,10 @@ def canonical_command(out, corpus, steps, sigma, seed, dtype, recipe=None) -> st
     parts = ["blackholes", "reproduce"]
     if corpus is not None:
         parts += ["--corpus", str(corpus)]
-    parts += ["--steps", str(steps), "--sigma", f"{sigma:g}", "--seed", str(seed), "--dtype", dtype]
-    extra = dict(recipe or {})
+    parts += ["--steps", str(steps), "--sigma", f"{sigma:g}", "--seed", str(seed), "--precision", precision]
+    if init != "centre":
+        parts += ["--init", init]
+    extra = {k: v for k, v in (recipe or {}).items() if k not in ("precision", "dtype", "init")}
     if "vocab" in extra:
         parts += ["--vocab", str(extra.pop("vocab"))]
     parts += ["--out", str(out)]
@@ -448,221 +506,6 @@ def _groups_line(result) -> str:
     return f"{len(result.groups)} black hole(s) of {sizes}{more} tokens"
 
 
-def _answer(r: ReproduceResult) -> list[str]:
-    """The plain-language opening: how many dead tokens, one body or not, when it freezes."""
-    V = int(r.final_scan.shape[0])
-    steps = int(r.train.steps_done)
-    lines = []
-    ns, nd = r.never_seen, r.never_drawn
-    if r.hole_tokens:
-        parts = [f"{len(ns)} bytes that never occur in the corpus"] if ns else []
-        if nd:
-            parts.append(f"{len(nd)} rare byte{'s' if len(nd) != 1 else ''} the run never drew "
-                         f"({_code_tokens(nd)})")
-        extra = sorted(set(r.hole_tokens) - set(ns) - set(nd))
-        if extra:
-            parts.append(f"{len(extra)} byte(s) drawn but never pulled apart ({_code_tokens(extra)})")
-        lines.append(
-            f"**{len(r.hole_tokens)} of {V} tokens are dead**: after {steps:,} training steps they still share "
-            f"one bit-identical embedding vector — a black hole made of {' and '.join(parts)}."
-        )
-    elif r.config["sigma"] > 0:
-        lines.append(
-            f"**No black hole**: with sigma = {r.config['sigma']:g} every row started at its own point, and after "
-            f"{steps:,} steps {r.final_scan.black_hole_tokens} of {V} tokens share a vector."
-        )
-    else:
-        lines.append(f"**No black hole** after {steps:,} steps: every token was drawn and pulled apart.")
-    others = [g for g in r.final_scan.groups if not set(g.token_ids) & set(r.hole_tokens)]
-    if others:
-        shown = "; ".join(_code_tokens(g.token_ids) for g in others[:5])
-        lines.append(f"Besides, {len(others)} smaller group{'s' if len(others) != 1 else ''} of drawn bytes "
-                     f"still share{'s' if len(others) == 1 else ''} a vector: {shown}.")
-    d = r.dynamics
-    if d is not None:
-        n = len(d.recorded_steps)
-        k = len(d.untrained_tokens)
-        who = _followed_words(d.untrained_tokens, r.never_seen)
-        if d.rigid_body:
-            tail = ""
-            if d.never_drawn is not None and r.never_seen and r.never_drawn:
-                stays = d.never_drawn.get("stays_in_hole")
-                tail = (f"; the {len(r.never_drawn)} never-drawn bytes stay with them at every step" if stays
-                        else f"; the {len(r.never_drawn)} never-drawn bytes do not stay with them at every step")
-            lines.append(
-                f"**They move as one body**: at every one of the {n:,} recorded steps {who} have bit-for-bit "
-                f"identical logits, gradients and positions — same point, same score, same gradient, same "
-                f"update{tail}."
-            )
-        else:
-            fd = d.first_divergence
-            names = {"logits": "logits", "grads": "gradients", "positions": "positions"}
-            broken = ", ".join(f"{names.get(q, q)} differ from step {s:,}" for q, s in fd.items() if s is not None)
-            lines.append(f"**They do not move as one body**: for {who}, {broken or d.verdict}.")
-    if d is not None and r.hole_tokens:
-        frz = d.freeze
-        if r.frozen_from is not None:
-            lines.append(
-                f"**The hole freezes from step {r.frozen_from:,}**: from then on its update is too small to "
-                f"change any bit of its {d.dtype} coordinates, so it never moves again "
-                f"({frz.get('frozen_count', 0):,} of {n - 1:,} steps frozen in all)."
-            )
-        elif frz.get("first_frozen") is not None:
-            lines.append(
-                f"**The hole never freezes for good**: its update is exactly zero at {frz['frozen_count']:,} of "
-                f"{n - 1:,} steps (first at step {frz['first_frozen']:,}), but it still moves at the last step."
-            )
-        else:
-            lines.append("**The hole never freezes**: it moves at every recorded step.")
-    failed = [c for c in r.checks if not c.passed]
-    if failed:
-        lines.append("**Attention** — these expectations did not hold: " + "; ".join(c.name for c in failed) + ".")
-    return lines
-
-
-def _followed_words(followed: list[int], never_seen: list[int]) -> str:
-    """How to name the bytes dynamics followed: never seen, never drawn, or some of each."""
-    seen_not = set(never_seen)
-    n_seen = sum(t in seen_not for t in followed)
-    n_drawn = len(followed) - n_seen  # the rest: in the corpus but never drawn
-    if n_drawn == 0:
-        return f"the {len(followed)} never-seen bytes"
-    if n_seen == 0:
-        return f"the {len(followed)} never-drawn bytes"
-    return f"the {len(followed)} untouched bytes ({n_seen} never seen, {n_drawn} never drawn)"
-
-
-# ------------------------------------------------------------------ rendering
-
-
-def _document(r: ReproduceResult, plots: dict[str, Path]) -> Document:
-    cfg = r.config
-    doc = Document("Black-hole tokens: a reproduction", r.out_dir)
-    start = ("every embedding row starting at one shared point" if cfg["sigma"] == 0
-             else "every embedding row starting at its own point, scattered around one shared centre")
-    doc.para(
-        f"A {cfg['layers']}-layer byte-level GPT (width {cfg['width']}) trained for {int(r.train.steps_done):,} steps on "
-        f"`{Path(cfg['corpus_path']).name}` with {start} "
-        f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}). Every step was recorded and analysed "
-        "exactly: identity means bit-for-bit identical rows."
-    )
-    doc.heading("Answer")
-    doc.bullets(r.answer)
-
-    doc.heading("Evidence")
-    doc.heading("Checks", 3)
-    doc.table(["expectation", "holds", "detail"], [[c.name, "yes" if c.passed else "**NO**", c.detail]
-                                                   for c in r.checks])
-
-    doc.heading("Black holes in the embedding matrix (scan)", 3)
-    rows = []
-    for label, s in (("initial (step 0)", r.initial_scan), (f"final (step {int(r.train.steps_done):,})", r.final_scan)):
-        sizes = ", ".join(str(g.size) for g in s.groups[:8]) + (" ..." if len(s.groups) > 8 else "")
-        rows.append([label, f"{s.shape[0]} × {s.shape[1]} {s.dtype}", s.unique_vectors, len(s.groups),
-                     s.black_hole_tokens, sizes or "–"])
-    doc.table(["matrix", "shape", "unique vectors", "groups", "black-hole tokens", "group sizes"], rows)
-    doc.table(
-        ["token set", "count", "bytes"],
-        [
-            ["never seen in the corpus (`never_seen`)", len(r.never_seen), format_bytes(r.never_seen) or "–"],
-            ["in the corpus but never drawn (input and target counts 0)", len(r.never_drawn),
-             format_bytes(r.never_drawn) or "–"],
-            ["the final black hole", len(r.hole_tokens), format_bytes(r.hole_tokens) or "–"],
-        ],
-    )
-
-    d = r.dynamics
-    if d is not None:
-        doc.heading("Does the hole move as one body? (dynamics, every recorded step)", 3)
-        rows = []
-        for q, label in (("logits", "logits"), ("grads", "gradients"), ("positions", "positions")):
-            t_ident = d.trained_identical_all_steps.get(q)
-            t_first = d.trained_first_divergence.get(q)
-            rows.append([
-                label,
-                "yes" if d.identical_all_steps[q] else "no",
-                "never" if d.first_divergence[q] is None else f"step {d.first_divergence[q]:,}",
-                "–" if t_ident is None else ("yes" if t_ident else "no"),
-                "–" if t_ident is None else ("never" if t_first is None else f"step {t_first:,}"),
-            ])
-        doc.table(["quantity", "untrained: identical at every step", "untrained: first differs",
-                   "trained (contrast): identical", "trained: first differs"], rows)
-        if d.never_drawn is not None:
-            nd = d.never_drawn
-            doc.table(
-                ["never-drawn bytes, same as the hole's first token", "at every step", "first differs"],
-                [[q, "yes" if nd["identical_all_steps"][q] else "no",
-                  "never" if nd["first_divergence"][q] is None else f"step {nd['first_divergence'][q]:,}"]
-                 for q in ("logits", "grads", "positions")],
-            )
-        doc.para(d.verdict)
-        if d.sampled:
-            srows = []
-            for e in d.sampled:
-                lg, gr, po = e.get("logits", {}), e.get("grads"), e.get("positions", {})
-                srows.append([
-                    f"{e['step']:,}",
-                    f"{lg.get('mean', float('nan')):+.6f}",
-                    lg.get("verdict", "–"),
-                    "–" if gr is None else f"{gr['norm_mean']:.4e}",
-                    "–" if gr is None else f"{gr['pairwise_max']:.1e} ({gr['verdict']})",
-                    f"{po.get('pairwise_max', 0):.1e} ({po.get('verdict', '–')})",
-                ])
-            doc.table(["step", "untrained logit", "logits", "shared gradient norm", "gradient distance max",
-                       "position distance max"], srows)
-        frz = d.freeze
-        doc.table(
-            ["freezing", "value"],
-            [
-                ["frozen from step (never moves again)", "–" if r.frozen_from is None else f"{r.frozen_from:,}"],
-                ["steps with exactly zero update", f"{frz.get('frozen_count', 0):,} of {len(d.recorded_steps) - 1:,}"],
-                ["of those, with a non-zero gradient (update below one ulp)",
-                 f"{frz.get('frozen_with_gradient_count', 0):,}"],
-                ["first frozen step", "–" if frz.get("first_frozen") is None else f"{frz['first_frozen']:,}"],
-            ],
-        )
-        if d.notes:
-            doc.bullets([f"note: {n}" for n in d.notes])
-
-    doc.heading("Plots", 3)
-    captions = {
-        "dynamics_spread": "Spread inside the hole (max deviation from its first row) of positions, gradients "
-                           "and logits at every step; exact zeros sit on the band marked 0.",
-        "dynamics_speed": "How far the hole moves each step, and the norm of the gradient it shares.",
-        "dynamics_logits": "The hole's shared logit against the trained tokens' logits.",
-        "map": "Final embedding matrix on its two leading principal directions: token density without the "
-               "black-hole mask (the hole is one dense bin) and with it; right: row norms, black-hole tokens in red.",
-    }
-    if r.density.masked is None:
-        captions["map"] = ("Final embedding matrix on its two leading principal directions (no black holes, so "
-                           "nothing to mask; the densest bin is circled); right: row norms.")
-    for key, path in plots.items():
-        doc.image(path, captions.get(key, key))
-
-    doc.heading("Files", 3)
-    doc.table(["file", "what"], [[f"`{p.relative_to(r.out_dir).as_posix()}`", _FILE_WHAT.get(k, k)]
-                                 for k, p in r.files.items() if k not in plots and k != "report_html"])
-
-    doc.heading("How this was made")
-    doc.code(r.command)
-    doc.table(["setting", "value"], [[k, _short(v)] for k, v in r.config.items()])
-    doc.table(["software", "version"], [[k, v] for k, v in r.versions.items()])
-    doc.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in r.seconds.items()])
-    return doc
-
-
-_FILE_WHAT = {
-    "recording": "every step's embeddings, gradients, logits, losses, optimizer state (safetensors)",
-    "scan_initial": "black holes of the step-0 matrix (JSON)",
-    "mask_initial": "step-0 mask, `black_hole_id`, group vectors (safetensors)",
-    "scan_final": "black holes of the final matrix (JSON)",
-    "mask_final": "final mask, `black_hole_id`, group vectors (safetensors)",
-    "dynamics": "per-step rigid-body analysis (JSON)",
-    "summary": "this report's numbers (JSON)",
-    "report_md": "this report in Markdown",
-}
-
-
 def _config_json(config, corpus_path: Path) -> dict:
     from dataclasses import asdict, is_dataclass
 
@@ -670,17 +513,6 @@ def _config_json(config, corpus_path: Path) -> dict:
     out = {k: (str(v) if isinstance(v, Path) else v) for k, v in raw.items()}
     out["corpus_path"] = str(corpus_path)
     return json.loads(json.dumps(out, default=str))
-
-
-def _code_tokens(ids: list[int], limit: int = 12) -> str:
-    """A few byte ids as code spans: `(` `)`."""
-    shown = " ".join(f"`{t}`" for t in format_bytes(ids[:limit]).split(" "))
-    return shown + (f" … (+{len(ids) - limit})" if len(ids) > limit else "")
-
-
-def _short(value, limit: int = 80) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _scan_brief(s) -> dict:

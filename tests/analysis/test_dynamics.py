@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blackholes.cli import main
-from conftest import SHARED, assert_one_line_error
+from support import SHARED, assert_one_line_error
 from blackholes.analysis.dynamics import _order_key, _pairwise, _ulp, analyze, parse_steps, parse_tokens
 from blackholes.errors import BlackholesError
 

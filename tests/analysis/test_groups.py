@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import save_file
 
-from conftest import planted
+from support import planted
 
 import blackholes
 import blackholes.analysis.groups as scan_module

@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, planted, run_blackholes
+from support import assert_one_line_error, planted, run_blackholes
 from safetensors.numpy import save_file
 
 from blackholes.cli import main

@@ -10,7 +10,7 @@ from blackholes.errors import BlackholesError
 from blackholes.training.loop import TrainConfig, build_model, train
 from blackholes.training.model import GPT, GPTConfig
 from blackholes.training.recording import Recording
-from conftest import assert_one_line_error, run_blackholes
+from support import assert_one_line_error, run_blackholes
 from train_helpers import SMALL_CLI, bits, small, write_corpus
 
 SMALL = GPTConfig(vocab=32, context=16, width=16, layers=1, heads=2)

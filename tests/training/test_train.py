@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from blackholes.errors import BlackholesError
-from conftest import GATSBY
+from support import GATSBY
 from blackholes.training.model import GPT, GPTConfig
 from blackholes.training.recording import read_recording_metadata
 from blackholes.training.loop import TrainConfig, default_corpus_path, train, window_starts

@@ -1,0 +1,44 @@
+"""Shared test helpers (plain functions and paths; the fixtures are in conftest.py): planted matrices,
+the CLI as a real process, the one-line-error assertion every bad input must pass, the shared data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository
+SHARED = ROOT.parent / "shared"  # the project's shared data, beside the repository (may be absent)
+GATSBY = SHARED / "data" / "gatsby_clean.txt"
+
+
+def planted(n=300, d=40, dtype=np.float32, seed=0, sizes=(7, 5, 5, 2)):
+    """A random [n, d] matrix in which groups of ``sizes`` rows share one vector, bit for bit."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(dtype)
+    picks = rng.permutation(n)[: sum(sizes)]
+    start = 0
+    for size in sizes:
+        x[picks[start : start + size]] = x[picks[start]]
+        start += size
+    return x
+
+
+def run_blackholes(*argv, env=None, timeout=120, **kw) -> subprocess.CompletedProcess:
+    """``python -m blackholes ARGV...`` as a real process (text output captured)."""
+    return subprocess.run(
+        [sys.executable, "-m", "blackholes", *map(str, argv)],
+        capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout, **kw,
+    )
+
+
+def assert_one_line_error(status: int, err: str, words: str | None = None) -> str:
+    """A refusal: exit 2, exactly one line on stderr starting ``blackholes: error:``, no traceback."""
+    assert status == 2, (status, err)
+    assert err.startswith("blackholes: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    if words is not None:
+        assert words in err, err
+    return err

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import support
 import pytest
 from safetensors.numpy import load_file, save_file
 
@@ -29,14 +30,7 @@ NO_DASK = 'Dask is an optional extra: pip install "blackholes[cluster]"'
 
 def planted(seed: int, n: int = 200, d: int = 16, sizes=(9, 4, 2)) -> np.ndarray:
     """A random [n, d] float32 matrix with groups of ``sizes`` bit-identical rows."""
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, d)).astype(np.float32)
-    picks = rng.permutation(n)[: sum(sizes)]
-    start = 0
-    for size in sizes:
-        x[picks[start : start + size]] = x[picks[start]]
-        start += size
-    return x
+    return support.planted(n=n, d=d, seed=seed, sizes=sizes)
 
 
 def write_model(folder: Path, *, tied: bool, seed: int, sharded: bool = False, embed=None, **kw) -> dict:

@@ -87,11 +87,24 @@ def _recording_step(header: Header, step: int | None) -> Matrix:
 
 def read_json(path: Path) -> dict:
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BlackholesError(f"cannot read {path}: {getattr(e, 'strerror', None) or e}") from None
+        raw = path.read_bytes()
+    except OSError as e:
+        raise BlackholesError(f"cannot read {path}: {e.strerror or e}") from None
+    return json_object(raw, path)
+
+
+def json_object(raw: bytes, where) -> dict:
+    """A model's JSON file (config, index) from its bytes, or one line saying why not.
+
+    >>> json_object(b'{"tie_word_embeddings": true}', "config.json")
+    {'tie_word_embeddings': True}
+    """
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise BlackholesError(f"cannot read {where}: not JSON") from None
     if not isinstance(doc, dict):
-        raise BlackholesError(f"unexpected contents (not a JSON object): {path}")
+        raise BlackholesError(f"unexpected contents (not a JSON object): {where}")
     return doc
 
 

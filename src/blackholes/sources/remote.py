@@ -41,7 +41,7 @@ import numpy as np
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import STORAGE_DTYPES
 from blackholes.io.safetensors import Header, TensorInfo, header_length, parse_header, tensor_info
-from blackholes.sources.local import check_2d
+from blackholes.sources.local import check_2d, json_object
 from blackholes.sources.matrix import Matrix
 from blackholes.sources.names import is_tied, pick_in_file, pick_in_model, short_list
 
@@ -292,15 +292,7 @@ class _HttpSite:
 
 
 def _parse_json(raw: bytes | None, where: str) -> dict | None:
-    if raw is None:
-        return None
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BlackholesError(f"cannot read {where}: not JSON") from None
-    if not isinstance(doc, dict):
-        raise BlackholesError(f"unexpected contents (not a JSON object): {where}")
-    return doc
+    return None if raw is None else json_object(raw, where)
 
 
 # -- HTTP: checked byte ranges, read straight into the array ---------------------------------------

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from blackholes.cli import main
 from support import SHARED, assert_one_line_error
-from blackholes.analysis.dynamics import _order_key, _pairwise, _ulp, analyze, parse_steps, parse_tokens
+from blackholes.analysis.dynamics import _pairwise, analyze, parse_steps, parse_tokens
+from blackholes.io.dtypes import key_bits, ulp_key
+from blackholes.io.dtypes import ulp_spacing as _ulp
 from blackholes.errors import BlackholesError
 
 UNTRAINED = [3, 5, 7, 11]
@@ -276,10 +278,10 @@ def test_exact_pairwise_distances_of_identical_rows_are_zero():
 @given(st.lists(st.floats(width=32, allow_nan=False), min_size=2, max_size=20))
 def test_order_key_sorts_like_floats(values):
     f = np.asarray(values, np.float32)
-    keys = _order_key(f.view(np.uint32))
+    keys = ulp_key(f.view(np.uint32), "F32", native=True)
     s = f[np.argsort(keys, kind="stable")]
     assert np.all(s[:-1] <= s[1:])
-    assert np.array_equal(_order_key(keys).view(np.uint32), f.view(np.uint32))  # its own inverse
+    assert np.array_equal(key_bits(keys, "F32"), f.view(np.uint32))  # the inverse gives the bits back
 
 
 def test_public_helpers_shared_with_reproduce():

@@ -32,17 +32,13 @@ import numpy as np
 from blackholes.errors import BlackholesError
 from blackholes.training.corpus import read_corpus
 from blackholes.training.recording import Recording
-from blackholes.io.dtypes import to_float32
+from blackholes.io.dtypes import BITS, key_bits, to_float32, to_float64, ulp_key, ulp_spacing
 
 DEFAULT_STEPS = (0, 1, 2, 10, 100, 1000, 10000)
 REQUIRED_KEYS = ("embeddings", "grads", "logits")
 QUANTITIES = ("logits", "grads", "positions")
 NEARLY = 1e-3  # the original's "nearly identical" threshold
 
-# float dtype -> unsigned integer of the same width (the raw bits)
-_BITS = {"BF16": np.uint16, "F16": np.uint16, "F32": np.uint32, "F64": np.uint64}
-# bits of the significand: one ulp of x is 2**(exponent(x) - _MANTISSA)
-_MANTISSA = {"BF16": 7, "F16": 10, "F32": 23, "F64": 52}
 _CHUNK_BYTES = 8 << 20  # steps are processed ~8 MB at a time
 
 
@@ -312,7 +308,7 @@ class _Recording(Recording):
             raise BlackholesError(f"recording too small to analyse: 'embeddings' is {list(self.shape)} "
                                   "(need >= 2 steps)")
         self.losses = None
-        if "losses" in self and self.dtype_of("losses") in _BITS:
+        if "losses" in self and self.dtype_of("losses") in BITS:
             self.losses = _floats(self.tensor("losses"), self.dtype_of("losses")).astype(np.float64)
 
     def meta_json(self, key: str):
@@ -398,7 +394,7 @@ def never_drawn_tokens(metadata: dict, untrained: Iterable[int] = (), vocab: int
 
 
 def _bits(raw: np.ndarray, dtype: str) -> np.ndarray:
-    return raw.view(_BITS[dtype])
+    return raw.view(BITS[dtype])
 
 
 def _floats(raw: np.ndarray, dtype: str) -> np.ndarray:
@@ -411,20 +407,9 @@ def _floats(raw: np.ndarray, dtype: str) -> np.ndarray:
     return raw.astype(np.float64 if dtype == "F64" else np.float32)
 
 
-def _order_key(bits: np.ndarray) -> np.ndarray:
-    """Signed integers that sort like the floats whose bits they are (-0 just below +0).
-
-    Sign-magnitude to two's complement: flip the magnitude bits of negatives. The
-    map is its own inverse and a bijection, so equal keys mean equal bits.
-    """
-    signed = bits.view(np.dtype(f"i{bits.dtype.itemsize}"))
-    magnitude = np.iinfo(signed.dtype).max
-    return signed ^ ((signed >> (8 * bits.dtype.itemsize - 1)) & magnitude)
-
-
-def _key_to_float(keys: np.ndarray, dtype: str) -> np.ndarray:
-    bits = _order_key(keys).view(_BITS[dtype])
-    return _floats(bits, dtype).astype(np.float64)
+def _key_value(keys: np.ndarray, dtype: str) -> np.ndarray:
+    """float64 values of ordered keys (:func:`~blackholes.io.dtypes.ulp_key`)."""
+    return to_float64(key_bits(keys, dtype), dtype)
 
 
 def _chunks(n: int, row_bytes: int):
@@ -450,20 +435,20 @@ def _track_groups(rec: _Recording, key: str, groups: dict) -> dict:
         for name in groups
     }
     for a, b in _chunks(n, row_bytes):
-        keys = _order_key(_bits(np.asarray(raw[a:b]), dtype))
+        keys = ulp_key(_bits(np.asarray(raw[a:b]), dtype), dtype, native=True)
         for name, (idx, ref) in groups.items():
             g = keys[:, idx]  # (steps, rows[, dim])
             kmax, kmin = g.max(axis=1), g.min(axis=1)
             same = kmax == kmin
             o = out[name]
             o["identical"][a:b] = same.reshape(b - a, -1).all(axis=1)
-            fref = _key_to_float(keys[:, ref], dtype)
-            fmax, fmin = _key_to_float(kmax, dtype), _key_to_float(kmin, dtype)
+            fref = _key_value(keys[:, ref], dtype)
+            fmax, fmin = _key_value(kmax, dtype), _key_value(kmin, dtype)
             with np.errstate(invalid="ignore"):
                 dev = np.maximum(fmax - fref, fref - fmin)
             o["spread"][a:b] = dev.reshape(b - a, -1).max(axis=1)
             if raw.ndim == 2:  # logits: per-step summary values for the plots
-                fl = _key_to_float(g, dtype)
+                fl = _key_value(g, dtype)
                 o["mean"][a:b] = fl.mean(axis=1)
                 o["min"][a:b] = fmin
                 o["max"][a:b] = fmax
@@ -499,7 +484,7 @@ def _track_hole(rec: _Recording, U: np.ndarray) -> dict:
     # how far the hole's first token moved, in units in the last place of the dtype
     update_ulps = np.full(n, np.nan)
     with np.errstate(invalid="ignore"):
-        update_ulps[1:] = np.median(np.abs(np.diff(first_row, axis=0)) / _ulp(first_row[:-1], edt), axis=1)
+        update_ulps[1:] = np.median(np.abs(np.diff(first_row, axis=0)) / ulp_spacing(first_row[:-1], edt), axis=1)
     displacement = np.full(n, np.nan)
     diff = np.diff(centroid, axis=0)
     displacement[1:] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
@@ -512,15 +497,6 @@ def _track_hole(rec: _Recording, U: np.ndarray) -> dict:
         "grad_zero": grad_zero,
         "update_ulps": update_ulps,
     }
-
-
-def _ulp(x: np.ndarray, dtype: str) -> np.ndarray:
-    """The spacing of the dtype's representable numbers at ``x`` (float64 result)."""
-    if dtype == "BF16":  # 8 significant bits; the subnormal spacing 2**-133 below 2**-126
-        _, e = np.frexp(x)
-        return np.where(x == 0, 2.0**-133, np.maximum(np.ldexp(1.0, e - 8), 2.0**-133))
-    width = {"F16": np.float16, "F32": np.float32, "F64": np.float64}[dtype]
-    return np.abs(np.spacing(x.astype(width))).astype(np.float64)
 
 
 def _group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:

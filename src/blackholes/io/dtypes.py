@@ -4,8 +4,8 @@ bfloat16 (and the fp8 types) have no numpy dtype: their values are held as unsig
 integers of the same width, which is exactly what a bit-identity comparison wants;
 :func:`to_float32` widens them when arithmetic is needed.
 
->>> to_float32(bf16_from_float32(np.array([1.0, 3.14159], np.float32)), "BF16")
-array([1.       , 3.140625], dtype=float32)
+>>> to_float32(bf16_from_float32(np.array([1.0, 3.14159], np.float32)), "BF16").tolist()
+[1.0, 3.140625]
 """
 
 from __future__ import annotations
@@ -85,13 +85,16 @@ def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
     bf16 widening is exact (bf16 is the top half of a float32). Never use the
     result to decide identity: compare raw bits instead.
 
-    >>> to_float32(open_tensor(p, "embeddings")[5], "BF16")
+    >>> from blackholes.io.safetensors import open_tensor
+    >>> to_float32(open_tensor("model.safetensors", "model.embed_tokens.weight")[5], "BF16").dtype
+    dtype('float32')
     """
     if dtype == "BF16":
         return (np.asarray(array, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
     if dtype in ("F8_E4M3", "F8_E5M2"):
         raise BlackholesError(f"arithmetic on {dtype} tensors is not supported; compare bits instead")
-    return np.asarray(array).astype(np.float32)
+    return np.asarray(array, dtype=np.float32)  # float32 in: no copy
+
 
 def bf16_from_float32(array: np.ndarray) -> np.ndarray:
     """Round float32 to bfloat16 (nearest-even), returned as raw ``uint16`` bits."""

@@ -64,11 +64,12 @@ def read_header(path: str | os.PathLike) -> Header:
     >>> sorted(h.tensors)
     ['lm_head.weight', 'model.embed_tokens.weight']
     """
+    from blackholes.io.paths import input_file
+
     path = Path(path)
-    if not path.exists():
-        raise BlackholesError(f"no such file: {path}")
     if path.is_dir():
         raise BlackholesError(f"expected a .safetensors file, got a directory: {path}")
+    path = input_file(path)  # missing, a FIFO or a device: one line, never a read that blocks
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:

@@ -41,6 +41,8 @@ def load_matrix(source: str | os.PathLike, key: str | None = None, matrix: str |
     if matrix not in (None, "input", "output"):
         raise BlackholesError(f"matrix must be 'input' or 'output', not {matrix!r}")
     text = os.fspath(source)
+    if not text.strip():
+        raise BlackholesError("no model given: the source is empty (an unset variable?)")
     m = _load(text, key, matrix, step, cache, progress)
     if step is not None and not m.key.startswith("embeddings["):
         raise BlackholesError(f"--step picks a step of a training recording; {text} is not one")

@@ -127,7 +127,7 @@ def test_sigterm_and_sighup_stop_at_a_step_boundary_and_keep_a_valid_recording(c
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         time.sleep(0.5)
-        assert Recording(tmps[0]).complete is False  # the temporary never claims to be complete
+        assert Recording(tmps[0], unfinished=True).complete is False  # the temporary never claims to be complete
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:

@@ -91,7 +91,9 @@ def test_rewrite_metadata_in_place_keeps_every_record(tmp_path):
     w = RecordingWriter(path, specs, 3, encode_metadata({"complete": False, "steps": [0, 1, 2]}))
     data = np.arange(18, dtype=np.float32).reshape(3, 2, 3)
     w.write("embeddings", 0, data)
-    assert Recording(path).complete is False  # as the file says while it is being written
+    assert Recording(path, unfinished=True).complete is False  # as the file says while it is being written
+    with pytest.raises(BlackholesError, match="still being written"):
+        Recording(path)  # refused for analysis: its unwritten records are zeros
     size = path.stat().st_size
     w.rewrite_metadata(encode_metadata({"complete": True, "steps": [0, 1, 2]}))
     w.close()

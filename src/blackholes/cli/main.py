@@ -70,6 +70,7 @@ def _run_map(args) -> int:
         raise BlackholesError(f"--out must name a .png file, got {args.out}")
     if args.bins is not None and not 2 <= args.bins <= 2000:
         raise BlackholesError(f"--bins must be between 2 and 2000, got {args.bins}")
+    args.quiet = args.quiet or args.json == "-"  # standard output is the JSON
     outputs = (args.out, args.json)
     _check_outputs(outputs, inputs=(args.source, args.mask))
     m = load_matrix(args.source, key=args.key, matrix=args.matrix)  # the header only: cheap
@@ -152,6 +153,7 @@ def _run_dynamics(args) -> int:
     if args.plots and os.path.exists(args.plots) and not os.path.isdir(args.plots):
         raise BlackholesError(f"--plots must be a directory: {args.plots}")
     plots = _dynamics_plot_paths(args) if args.plots and os.path.isdir(args.plots) else []
+    args.quiet = args.quiet or args.json == "-"  # standard output is the JSON
     _check_outputs([args.json, *plots], inputs=(args.recording, args.corpus))
     result = analyze(args.recording, corpus=args.corpus, tokens=args.tokens, steps=args.steps)
     census = None

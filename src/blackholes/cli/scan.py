@@ -89,6 +89,9 @@ def run(args) -> int:
     from blackholes.sources import load_matrix
 
     opts = options(args)
+    if args.top < 0:
+        raise BlackholesError(f"--top must be 0 or more, got {args.top}")
+    args.quiet = args.quiet or args.json == "-"  # standard output is the JSON
     outputs = [args.mask, args.json, *_report_files(args.report)]
     check_outputs(outputs, inputs=(args.source, args.tokenizer))
     if args.matrix == "both":
@@ -105,7 +108,7 @@ def run(args) -> int:
     if not args.quiet:
         print(result.summary(top=args.top))
         for path, what in ((args.mask, "Mask"), (args.json, "Report"), (args.report, "Page")):
-            if path:
+            if path and path != "-":
                 print(f"{what} written to {path}")
     return 0
 

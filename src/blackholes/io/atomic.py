@@ -97,10 +97,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically.
+    """Write ``obj`` as indented JSON to ``path`` atomically (``"-"``: to standard output).
 
     >>> write_json("numbers.json", {"holes": 13, "tokens": 2100})
     >>> Path("numbers.json").read_text()
     '{\\n  "holes": 13,\\n  "tokens": 2100\\n}\\n'
     """
-    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    if os.fspath(path) == "-":
+        import sys
+
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    write_text(path, text)

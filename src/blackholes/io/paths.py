@@ -21,6 +21,9 @@ from typing import Iterable
 from blackholes.errors import BlackholesError
 
 
+STDOUT = "-"  # an output named "-" is standard output: nothing to check or write
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file: through links, ``..`` and hard links alike.
 
@@ -102,7 +105,7 @@ def check_outputs(outputs: Iterable, inputs: Iterable = (), *, removals: Iterabl
     inputs = [i for i in inputs if i is not None]
     outs: list[Path] = []
     for out in outputs:
-        if out is None or out == "":
+        if out is None or out == "" or out == STDOUT:
             continue
         path = check_output_path(out, inputs=inputs)
         for other in outs:

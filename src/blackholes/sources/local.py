@@ -63,24 +63,21 @@ def is_recording(header: Header) -> bool:
 
 def _recording_step(header: Header, step: int | None) -> Matrix:
     """The embedding matrix of one recorded step (default: the last) of a training recording."""
-    from blackholes.training.recording import decode_metadata
+    from blackholes.training.recording import Recording
 
-    info = tensor_info(header, "embeddings")
-    records = info.shape[0]
-    steps = decode_metadata(header.metadata).get("steps")
-    if not (isinstance(steps, list) and len(steps) == records and all(isinstance(s, int) for s in steps)):
-        steps = list(range(records))
-    if records == 0:
+    rec = Recording(header.path)
+    steps = [int(s) for s in rec.steps]
+    if not steps:
         raise BlackholesError(f"the recording {header.path} holds no steps")
     if step is None:
-        index, why = records - 1, "the last recorded"
+        index, why = len(steps) - 1, "the last recorded"
     elif step in steps:
         index, why = steps.index(step), "--step"
     else:
         raise BlackholesError(f"step {step} is not recorded in {header.path} (recorded: {steps[0]}-{steps[-1]}, "
-                              f"{records} records)")
+                              f"{len(steps)} records)")
     return Matrix(
-        array=map_tensor(header.path, info)[index], dtype=info.dtype, source=str(header.path), path=header.path,
+        array=rec.tensor("embeddings")[index], dtype=rec.dtype, source=str(header.path), path=header.path,
         key=f"embeddings[{index}]", note=f"training recording: the embeddings at step {steps[index]} ({why})",
     )
 

@@ -133,7 +133,7 @@ class Recording:
     >>> rec.tensor("embeddings")[-1]          # numpy memmap, bf16 as raw uint16   # doctest: +SKIP
     """
 
-    def __init__(self, path: str | os.PathLike, *, require: tuple[str, ...] = ()):
+    def __init__(self, path: str | os.PathLike, *, require: tuple[str, ...] = (), unfinished: bool = False):
         self.header: Header = read_header(path)
         self.path = Path(self.header.path)
         self.metadata: dict = decode_metadata(self.header.metadata)
@@ -141,6 +141,8 @@ class Recording:
         self.not_strings = [k for k, v in self.header.metadata.items() if not isinstance(v, str)]
         required = ("embeddings", *[k for k in require if k != "embeddings"])
         self._check_tensors(required)
+        if not unfinished:  # unfinished=True: look at a file still being written (its header only)
+            self._check_finished()
         self.steps: np.ndarray = self._read_steps()
 
     # -- checks, each one line ------------------------------------------------
@@ -166,6 +168,14 @@ class Recording:
                     f"shapes disagree: 'embeddings' is {list(emb)} but {k!r} is {list(tensors[k].shape)} "
                     f"(expected {list(shape)})"
                 )
+
+    def _check_finished(self) -> None:
+        """A file whose header still says what it said while being written (``complete: false``
+        and no ``interrupted_at_step``) is a run in progress or one that was killed outright:
+        its unwritten records are zeros, and analysing them would invent a black hole."""
+        if self.metadata.get("complete") is False and "interrupted_at_step" not in self.metadata:
+            raise BlackholesError(f"{self.path} is a recording still being written, or left by a run that was "
+                                  "killed (complete: false, never finalised); its unwritten steps are not data")
 
     def _read_steps(self) -> np.ndarray:
         n = len(self)

@@ -301,6 +301,9 @@ def test_a_matrix_scanned_from_memory_gets_its_map_when_given(tmp_path):
     x = np.random.default_rng(1).standard_normal((300, 8)).astype(np.float32)
     x[5:9] = x[5]
     r = scan(x)
+    kept = write_report(r, tmp_path / "kept")  # scan() keeps the matrix it read: the map is drawn
+    assert [p.name for p in kept.plots] == ["norms.png", "map.png"]
+    r.source_matrix = None
     report = write_report(r, tmp_path / "a")
     assert [p.name for p in report.plots] == [] and any("scanned from memory" in n for n in report.notes)
     again = write_report(r, tmp_path / "b", matrix=x)

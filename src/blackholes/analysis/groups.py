@@ -123,6 +123,7 @@ class ScanResult:
     anatomy: object = field(default=None, repr=False)  # analysis.near.Anatomy: how the holes' vectors differ
     indicators: object = field(default=None, repr=False)  # analysis.indicators.Indicators (scan(indicators=True))
     categories: object = field(default=None, repr=False)  # analysis.vocabulary.Categories of the tokens shown
+    source_matrix: Matrix | None = field(default=None, repr=False, compare=False)  # what was scanned (not in JSON)
 
     def halo(self, hole_id: int) -> list[int]:
         """The halo of hole ``hole_id`` (1 = the largest): near rows in no exact hole (needs ``near=K``)."""
@@ -318,6 +319,7 @@ def scan(
         anatomy=extras.anatomy,
         indicators=extras.indicators,
         categories=extras.categories,
+        source_matrix=m,
     )
 
 

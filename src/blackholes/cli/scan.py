@@ -118,7 +118,7 @@ def _report_files(folder) -> list:
         return []
     from blackholes.render.model_report import report_paths
 
-    return report_paths(folder) if Path(folder).is_dir() else []
+    return report_paths(folder) if Path(folder).exists() else []  # a new folder holds nothing to clash with
 
 
 def _write(result, args) -> None:

@@ -820,6 +820,7 @@ def _matrix_for(r, given):
     """(the scanned Matrix or None, why not): the one given, else read again from ``r.source``."""
     from blackholes.sources.load import as_matrix
 
+    given = given if given is not None else getattr(r, "source_matrix", None)  # what scan() read
     if given is not None:
         m = as_matrix(given, dtype=r.dtype if isinstance(given, np.ndarray) else None)
     elif r.format == "array" or r.source in (None, "<array>"):

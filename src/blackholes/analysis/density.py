@@ -49,9 +49,12 @@ class Projection:
     coords: np.ndarray
     rows: np.ndarray
     passes: int = 0
+    ratio: np.ndarray | None = None  # explained / total, taken in the scaled units (both may underflow as given)
 
     @property
     def explained_variance_ratio(self) -> np.ndarray:
+        if self.ratio is not None:
+            return self.ratio
         if self.total_variance <= 0:
             return np.zeros_like(self.explained_variance)
         return self.explained_variance / self.total_variance
@@ -182,15 +185,17 @@ def pca_sets(
     omega = [rng.standard_normal((D, width)) for _ in range(len(sel))]
     bar = _progress_bar(n_iter + 1, progress)
     moments = None  # means, per-set row counts and squared norms, from the first pass
-    for _ in range(n_iter):  # subspace iteration on C^T W C, C = X - 1 mean^T, never formed
-        omega, moments = _subspace_pass(reader, sel, omega, moments)
+    try:  # the bar is closed on an error too, so the error's line stands alone
+        for _ in range(n_iter):  # subspace iteration on C^T W C, C = X - 1 mean^T, never formed
+            omega, moments = _subspace_pass(reader, sel, omega, moments)
+            bar.update(1)
+        z, dots = _final_pass(reader, omega, moments["means"])
         bar.update(1)
-    z, dots = _final_pass(reader, omega, moments["means"])
-    bar.update(1)
-    bar.close()
-    out = [_projection(z, dots, s, sel[s], omega[s], moments, k, width, n_iter + 1, reader.scale)
+    finally:
+        bar.close()
+    out = [_projection(z, dots, s, sel[s], omega[s], moments, k, width, n_iter + 1, reader)
            for s in range(len(sel))]
-    return out, np.sqrt(np.maximum(moments["sq_norms"], 0.0)) / reader.scale
+    return out, reader.norms(moments)
 
 
 def _check_matrix(array: np.ndarray, n_iter: int) -> tuple[int, int]:
@@ -215,19 +220,36 @@ def _selections(rows, V: int) -> list[np.ndarray]:
 
 
 class _ChunkReader:
-    """The matrix as float32 row chunks, each pass reading it once from its memory map."""
+    """The matrix as float32 row chunks, each pass reading it once from its memory map.
+
+    Rows come out as ``scale * x - shift``: ``scale`` an exact power of two for extreme
+    magnitudes, ``shift`` the mean of the first chunk, so that a large common offset
+    (1e4 x the spread) does not cancel the covariance away in float32. The PCA is the
+    same for shifted rows; :meth:`norms` and the means are given back for the rows as stored.
+    """
 
     def __init__(self, array: np.ndarray, dtype: str):
         self.array, self.dtype = array, dtype
         self.step = _chunk_rows(array.shape[1])
         self.buffer = np.empty((min(self.step, array.shape[0]), array.shape[1]), np.float32) if dtype == "BF16" else None
         self.scale = power_of_two_scale(array, dtype)  # 1.0 unless the values are extreme
+        first = _float_chunk(array, dtype, 0, min(self.step, array.shape[0]), self.buffer, self.scale)
+        with np.errstate(all="ignore"):  # NaN rows are refused after the first pass, with their count
+            mean = first.mean(axis=0, dtype=np.float64)
+        self.shift = np.where(np.isfinite(mean), mean, 0.0).astype(np.float32)
+        self.shift64 = self.shift.astype(np.float64)
 
     def __iter__(self):
         V = self.array.shape[0]
         for start in range(0, V, self.step):
             stop = min(start + self.step, V)
-            yield start, stop, _float_chunk(self.array, self.dtype, start, stop, self.buffer, self.scale)
+            x = _float_chunk(self.array, self.dtype, start, stop, self.buffer, self.scale)
+            yield start, stop, x - self.shift
+
+    def norms(self, moments: dict) -> np.ndarray:
+        """Every row's L2 norm as stored: |y + shift| / scale for the shifted rows y."""
+        sq = moments["sq_norms"] + 2 * moments["dot_shift"] + self.shift64 @ self.shift64
+        return np.sqrt(np.maximum(sq, 0.0)) / self.scale
 
 
 def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.ndarray], moments):
@@ -242,6 +264,7 @@ def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.n
     acc = np.zeros((reader.array.shape[1], S * width))
     if first:
         sums, sq_norms = np.zeros((S, reader.array.shape[1])), np.empty(reader.array.shape[0])
+        dot_shift = np.empty(reader.array.shape[0])
     else:
         means = moments["means"]
         shift = [means[s] @ omega[s] for s in range(S)]  # mean^T Omega, [width]
@@ -251,6 +274,7 @@ def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.n
         y = x @ om32  # [rows, S*width]
         if first:
             sq_norms[start:stop] = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+            dot_shift[start:stop] = x.astype(np.float64) @ reader.shift64
             sums += (w.T @ x).astype(np.float64)
             for s in range(S):
                 y[:, s * width:(s + 1) * width] *= w[:, s:s + 1]
@@ -263,6 +287,7 @@ def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.n
         acc += x.T @ y
     if first:
         moments = _first_moments(sums, sq_norms, sel)
+        moments["dot_shift"] = dot_shift
         means = moments["means"]
         g = [acc[:, s * width:(s + 1) * width] - np.outer(sums[s], means[s] @ omega[s]) for s in range(S)]
     else:
@@ -295,7 +320,7 @@ def _final_pass(reader: _ChunkReader, omega: list[np.ndarray], means: np.ndarray
 
 
 def _projection(z, dots, s: int, sel: np.ndarray, omega: np.ndarray, moments: dict, k: int, width: int,
-                passes: int, scale: float) -> Projection:
+                passes: int, reader: _ChunkReader) -> Projection:
     """Set ``s``'s exact PCA inside its subspace (a small eigenproblem), scaled back to the data's units."""
     mean = moments["means"][s]
     zs = z[:, s * width:(s + 1) * width].astype(np.float64) - mean @ omega
@@ -311,12 +336,16 @@ def _projection(z, dots, s: int, sel: np.ndarray, omega: np.ndarray, moments: di
     evecs = evecs * flip[None, :]
     centred_sq = moments["sq_norms"][sel] - 2 * dots[sel, s] + mean @ mean
     denom = max(moments["n"][s] - 1, 1)
+    scale = reader.scale  # divided out twice, not squared: 2**-996 squared would overflow
+    total = max(centred_sq.sum(), 0.0)
+    ratio = np.maximum(evals, 0) / total if total > 0 else np.zeros(k)
     return Projection(
         components=components,
-        mean=mean / scale,
-        explained_variance=np.maximum(evals, 0) / denom / scale**2,
-        total_variance=float(max(centred_sq.sum(), 0.0) / denom / scale**2),
-        coords=((zs @ evecs) / scale).astype(np.float32),
+        mean=(mean + reader.shift64) / scale,
+        explained_variance=np.maximum(evals, 0) / denom / scale / scale,
+        total_variance=float(max(centred_sq.sum(), 0.0) / denom / scale / scale),
+        coords=(zs @ evecs) / scale,  # float64: values near the float32 maximum stay finite
+        ratio=ratio,
         rows=sel,
         passes=passes,
     )

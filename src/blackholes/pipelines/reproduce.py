@@ -174,6 +174,7 @@ def reproduce(
     >>> r.report_html, r.checks[0].passed
     (PosixPath('tiny-demo/report.html'), True)
     """
+    made_out = not Path(out).exists()
     run = _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progress, log, command, recipe)
     made_plots = not (run.out / "plots").exists()
     (run.out / "plots").mkdir(parents=True, exist_ok=True)  # only once every setting is valid
@@ -185,9 +186,10 @@ def reproduce(
         dmap = _map(run, trained, final)
         return _report(run, trained, initial, final, findings, dyn, census, dyn_plots, dmap)
     except BaseException:
-        if made_plots:  # a failed run leaves no empty plots/ that would make the retry need --force
-            with contextlib.suppress(OSError):
-                (run.out / "plots").rmdir()
+        for made, folder in ((made_plots, run.out / "plots"), (made_out, run.out)):
+            if made:  # a failed run leaves no empty folder behind that would make the retry need --force
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         raise
 
 
@@ -225,6 +227,7 @@ def _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progr
     """Every setting checked, every output checked against the inputs; nothing written yet."""
     from blackholes.training.config import TrainConfig
     from blackholes.training.corpus import default_corpus_path
+    from blackholes.training.limits import check_resources
     from blackholes.training.loop import prepare_corpus
 
     out = check_out_dir(out, force)
@@ -242,7 +245,8 @@ def _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progr
     except TypeError as e:
         raise BlackholesError(f"unknown training setting: {e}") from None
     config.validate()
-    prepare_corpus(config)  # a missing corpus, or a byte outside the vocabulary, fails here: nothing written
+    corpus_data = prepare_corpus(config)  # a missing corpus, or a byte outside the vocabulary: nothing written
+    check_resources(config, files["recording"], len(corpus_data.data))  # sizes the disk or memory cannot hold
     command = command or canonical_command(out, corpus, steps, sigma, seed, config.precision, recipe, config.init)
     return _Run(out, files, config, corpus_path, command, progress, log or (lambda *_: None))
 

@@ -113,6 +113,8 @@ def check_resources(config, out: str | Path, corpus_bytes: int = 0) -> RunSize:
 
     size = run_size(config, corpus_bytes)
     folder = Path(out).parent if str(Path(out).parent) else Path(".")
+    while not folder.exists() and folder != folder.parent:  # a folder yet to be made: the disk it will be on
+        folder = folder.parent
     free = shutil.disk_usage(folder).free
     if size.file_bytes > free:
         raise BlackholesError(

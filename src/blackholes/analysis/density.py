@@ -123,9 +123,12 @@ def power_of_two_scale(array: np.ndarray, dtype: str) -> float:
     magnitude = np.uint64((1 << (width - 1)) - 1)  # every bit but the sign
     top = 0
     step = _chunk_rows(array.shape[1])
+    mask = BITS[dtype].type(magnitude)
+    buf = np.empty((min(step, array.shape[0]), array.shape[1]), BITS[dtype])  # no fresh temporary per chunk
     for start in range(0, array.shape[0], step):
         bits = np.asarray(array[start:start + step]).view(BITS[dtype])
-        top = max(top, int((bits & bits.dtype.type(magnitude)).max(initial=0)))
+        out = np.bitwise_and(bits, mask, out=buf[: len(bits)])
+        top = max(top, int(out.max(initial=0)))
     biggest = float(_bits_to_float(top, dtype))
     if not np.isfinite(biggest) or biggest == 0 or 2.0 ** -20 <= biggest < 2.0 ** 20:
         return 1.0
@@ -186,8 +189,13 @@ def pca_sets(
     bar = _progress_bar(n_iter + 1, progress)
     moments = None  # means, per-set row counts and squared norms, from the first pass
     try:  # the bar is closed on an error too, so the error's line stands alone
-        for _ in range(n_iter):  # subspace iteration on C^T W C, C = X - 1 mean^T, never formed
-            omega, moments = _subspace_pass(reader, sel, omega, moments)
+        for it in range(n_iter):  # subspace iteration on C^T W C, C = X - 1 mean^T, never formed
+            start = omega
+            omega, moments = _subspace_pass(reader, sel, start, moments)
+            if it == 0:
+                if reader.rescale(moments["sq_norms"]):  # extreme values: the first pass again, scaled
+                    omega, moments = _subspace_pass(reader, sel, start, None)
+                _check_finite(moments["sq_norms"])
             bar.update(1)
         z, dots = _final_pass(reader, omega, moments["means"])
         bar.update(1)
@@ -232,24 +240,57 @@ class _ChunkReader:
         self.array, self.dtype = array, dtype
         self.step = _chunk_rows(array.shape[1])
         self.buffer = np.empty((min(self.step, array.shape[0]), array.shape[1]), np.float32) if dtype == "BF16" else None
-        self.scale = power_of_two_scale(array, dtype)  # 1.0 unless the values are extreme
-        first = _float_chunk(array, dtype, 0, min(self.step, array.shape[0]), self.buffer, self.scale)
-        with np.errstate(all="ignore"):  # NaN rows are refused after the first pass, with their count
-            mean = first.mean(axis=0, dtype=np.float64)
-        self.shift = np.where(np.isfinite(mean), mean, 0.0).astype(np.float32)
-        self.shift64 = self.shift.astype(np.float64)
+        self.scale = 1.0  # until the first pass's row norms say the values are extreme (see rescale)
+        self._set_shift()
+
+    def _set_shift(self) -> None:
+        self.shift = _offset(_float_chunk(self.array, self.dtype, 0, min(self.step, self.array.shape[0]),
+                                          self.buffer, self.scale))
+        self.shift64 = None if self.shift is None else self.shift.astype(np.float64)
+
+    def rescale(self, sq_norms: np.ndarray) -> bool:
+        """After the first pass: are the values too large or too small for float32 products?
+        Then take the exact power-of-two scale from the raw bits and say so (the pass is redone).
+        The usual matrix never pays for this: its row norms are of moderate size."""
+        finite = sq_norms[np.isfinite(sq_norms)]
+        top = float(finite.max()) if finite.size else np.inf
+        if finite.size == sq_norms.size and 2.0 ** -60 <= top <= 2.0 ** 60:
+            return False  # (all-zero norms may be an underflow: the bits tell)
+        scale = power_of_two_scale(self.array, self.dtype)
+        if scale == self.scale:
+            return False
+        self.scale = scale
+        self._set_shift()
+        return True
 
     def __iter__(self):
         V = self.array.shape[0]
         for start in range(0, V, self.step):
             stop = min(start + self.step, V)
             x = _float_chunk(self.array, self.dtype, start, stop, self.buffer, self.scale)
-            yield start, stop, x - self.shift
+            yield start, stop, x if self.shift is None else x - self.shift
 
     def norms(self, moments: dict) -> np.ndarray:
         """Every row's L2 norm as stored: |y + shift| / scale for the shifted rows y."""
-        sq = moments["sq_norms"] + 2 * moments["dot_shift"] + self.shift64 @ self.shift64
+        sq = moments["sq_norms"]
+        if self.shift is not None:
+            sq = sq + 2 * moments["dot_shift"] + self.shift64 @ self.shift64
         return np.sqrt(np.maximum(sq, 0.0)) / self.scale
+
+    def unshift(self, mean: np.ndarray) -> np.ndarray:
+        return mean if self.shift is None else mean + self.shift64
+
+
+def _offset(first: np.ndarray) -> np.ndarray | None:
+    """The shift that centres the rows, when they share an offset large against their spread
+    (then float32 products would cancel the covariance away); None for the usual matrix, whose
+    rows are then read exactly as stored, without a copy."""
+    with np.errstate(all="ignore"):  # NaN rows are refused after the first pass, with their count
+        mean = first.mean(axis=0, dtype=np.float64)
+        spread = first.var(axis=0, dtype=np.float64).sum()
+    if not np.all(np.isfinite(mean)) or not np.isfinite(spread) or mean @ mean <= 16 * spread:
+        return None
+    return mean.astype(np.float32)
 
 
 def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.ndarray], moments):
@@ -264,7 +305,7 @@ def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.n
     acc = np.zeros((reader.array.shape[1], S * width))
     if first:
         sums, sq_norms = np.zeros((S, reader.array.shape[1])), np.empty(reader.array.shape[0])
-        dot_shift = np.empty(reader.array.shape[0])
+        dot_shift = np.zeros(reader.array.shape[0])
     else:
         means = moments["means"]
         shift = [means[s] @ omega[s] for s in range(S)]  # mean^T Omega, [width]
@@ -274,7 +315,8 @@ def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.n
         y = x @ om32  # [rows, S*width]
         if first:
             sq_norms[start:stop] = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-            dot_shift[start:stop] = x.astype(np.float64) @ reader.shift64
+            if reader.shift is not None:
+                dot_shift[start:stop] = x @ reader.shift  # float32 products of centred rows: no cancellation
             sums += (w.T @ x).astype(np.float64)
             for s in range(S):
                 y[:, s * width:(s + 1) * width] *= w[:, s:s + 1]
@@ -296,13 +338,16 @@ def _subspace_pass(reader: _ChunkReader, sel: list[np.ndarray], omega: list[np.n
 
 
 def _first_moments(sums: np.ndarray, sq_norms: np.ndarray, sel: list[np.ndarray]) -> dict:
+    n = np.array([s.sum() for s in sel], dtype=np.float64)
+    return {"means": sums / n[:, None], "n": n, "sq_norms": sq_norms}
+
+
+def _check_finite(sq_norms: np.ndarray) -> None:
     bad = int(np.count_nonzero(~np.isfinite(sq_norms)))
     if bad:
         rows_hold = f"{bad:,} rows hold" if bad > 1 else "1 row holds"
         raise BlackholesError(f"{rows_hold} NaN or infinite values (or overflow float32); "
                               "a principal-component projection is undefined")
-    n = np.array([s.sum() for s in sel], dtype=np.float64)
-    return {"means": sums / n[:, None], "n": n, "sq_norms": sq_norms}
 
 
 def _final_pass(reader: _ChunkReader, omega: list[np.ndarray], means: np.ndarray):
@@ -341,7 +386,7 @@ def _projection(z, dots, s: int, sel: np.ndarray, omega: np.ndarray, moments: di
     ratio = np.maximum(evals, 0) / total if total > 0 else np.zeros(k)
     return Projection(
         components=components,
-        mean=(mean + reader.shift64) / scale,
+        mean=reader.unshift(mean) / scale,
         explained_variance=np.maximum(evals, 0) / denom / scale / scale,
         total_variance=float(max(centred_sq.sum(), 0.0) / denom / scale / scale),
         coords=(zs @ evecs) / scale,  # float64: values near the float32 maximum stay finite

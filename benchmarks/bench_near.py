@@ -21,6 +21,9 @@ row, nothing else). Each contender runs in its own process (warm page cache):
   read pass       one plain pass over the tensor's bytes
   find_groups     the exact scan's algorithm on the memory-mapped tensor
   near (k=8)      find_groups, then grid_of + near_clusters(k=8) + anatomy; times of each
+  scan(...)       the public API, as `blackholes scan` runs it: plain, --near 8, --indicators, both
+                  (the issue's target: --near 8 --indicators at most 3 read passes more than the plain scan,
+                  peak memory at most the tensor + 25%)
 
 Usage:
     python benchmarks/bench_near.py [--rows 20000] [--dtype bf16|f32|f32-native|all] [--repeat 1]
@@ -218,6 +221,35 @@ out = {"holes": len(groups), "grid": r.grid, "clusters": sorted(c.rows for c in 
        "separating": a.coordinates, "split": {"find_groups": t1 - t0, "grid_of": t2 - t1,
        "near_clusters": t3 - t2, "anatomy": t4 - t3}, "stats": r.stats}
 """,
+    "scan()": """
+import time
+from blackholes import scan
+t0 = time.perf_counter()
+r = scan(PATH)
+out = {"holes": len(r.groups)}
+""",
+    "scan(near=8)": """
+import time
+from blackholes import scan
+t0 = time.perf_counter()
+r = scan(PATH, near=8)
+out = {"holes": len(r.groups), "halo": sum(len(c.singletons) for c in r.clusters.clusters if c.holes)}
+""",
+    "scan(indicators=True)": """
+import time
+from blackholes import scan
+t0 = time.perf_counter()
+r = scan(PATH, indicators=True)
+out = {"holes": len(r.groups), "candidates": len(r.candidates)}
+""",
+    "scan(near=8, indicators=True)": """
+import time
+from blackholes import scan
+t0 = time.perf_counter()
+r = scan(PATH, near=8, indicators=True)
+out = {"holes": len(r.groups), "candidates": len(r.candidates),
+       "halo": sum(len(c.singletons) for c in r.clusters.clusters if c.holes)}
+""",
 }
 EPILOGUE = """
 import json as _j
@@ -261,7 +293,10 @@ def bench(path: Path, expect: Path, repeat: int) -> None:
     split = near["split"]
     print("split: " + ", ".join(f"{k} {v:.3f} s" for k, v in split.items()))
     extra = split["grid_of"] + split["near_clusters"] + split["anatomy"]
-    print(f"near (grid_of + near_clusters + anatomy) = {extra / floor:.2f} read passes (target <= 3)")
+    print(f"near (grid_of + near_clusters + anatomy) = {extra / floor:.2f} read passes")
+    plain, both = best["scan()"][0], best["scan(near=8, indicators=True)"][0]
+    print(f"scan(near=8, indicators=True) - scan() = {(both - plain) / floor:.2f} read passes (target <= 3); "
+          f"peak RSS {best['scan(near=8, indicators=True)'][1] / tensor:.2f}x the tensor (target <= 1.25x)")
     print(f"stats: {json.dumps({k: v for k, v in near['stats'].items() if k != 'probe_columns'})}")
 
 

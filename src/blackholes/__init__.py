@@ -38,6 +38,8 @@ _LAZY = {
     "census": "pipelines.census",
     "CensusResult": "pipelines.census",
     "Recording": "training.recording",
+    "sweep": "pipelines.sweep",
+    "SweepResult": "pipelines.sweep",
     "BlackholesError": "errors",
 }
 

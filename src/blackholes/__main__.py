@@ -1,3 +1,4 @@
 from blackholes.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # a spawned pool worker imports this module too: it must not run the CLI
+    raise SystemExit(main())

@@ -21,6 +21,7 @@ import sys
 from blackholes import __version__
 from blackholes.cli import census as census_cli
 from blackholes.cli import scan as scan_cli
+from blackholes.cli import sweep as sweep_cli
 from blackholes.cli.scan import add_source_arguments, matrix_files
 from blackholes.errors import BlackholesError
 
@@ -318,6 +319,7 @@ def _run_train(args) -> int:
 COMMANDS = [
     (scan_cli.add_parser, scan_cli.run),
     (census_cli.add_parser, census_cli.run),
+    (sweep_cli.add_parser, sweep_cli.run),
     (_add_map, _run_map),
     (_add_reproduce, _run_reproduce),
     (_add_dynamics, _run_dynamics),

@@ -1,0 +1,146 @@
+"""``blackholes sweep``: many training runs from one grid of train options, batched (or, with
+``--no-train``, the coarsening sweep of :mod:`blackholes.pipelines.coarsening`).
+
+Parsing and calling only; the work is :func:`blackholes.pipelines.sweep.sweep`. Every
+``train`` option is declared here as a grid: a value, a comma list, or a range.
+
+>>> import argparse
+>>> sub = argparse.ArgumentParser(prog="blackholes").add_subparsers()
+>>> args = add_parser(sub).parse_args(["--sigma", "log:1e-6:1e-1:25", "--seeds", "0-7", "--out", "s"])
+>>> args.sigma, args.seed, args.record
+('log:1e-6:1e-1:25', '0-7', 'none')
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+
+from blackholes.errors import BlackholesError
+
+GRID_HELP = "a value, a comma list, or ranges: A-B (integers), log:START:STOP:N, lin:START:STOP:N"
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "sweep",
+        help="train many runs from one grid of options (batched, locally or on Dask), with a census of every step",
+        description=(
+            "Train every combination of the train options given as lists or ranges (e.g. --sigma 0,1e-4,1e-3 "
+            "--seeds 0-7 --precision bf16,bf16-mixed): each run is the run `blackholes train` makes with the "
+            "options its row records. Runs of one shape and precision are trained together as one stacked model. "
+            "Writes DIR/runs.jsonl (one row per finished run), DIR/steps.safetensors (loss and the exact group "
+            "census of every run at every step), DIR/sweep.json (the grid) and the phase diagrams "
+            "(DIR/sweep.html). Re-running with the same --out and grid resumes; Ctrl-C keeps finished runs."
+        ),
+    )
+    p.add_argument("--out", metavar="DIR", required=True, help="the sweep folder (created if missing)")
+    _add_train_grid(p)
+    g = p.add_argument_group("sweep")
+    g.add_argument("--record", default="none", metavar="none|all|IDS",
+                   help="write full recordings (as `train`) of these runs to DIR/recordings/, e.g. 0,3,8-11 "
+                        "(default: none)")
+    g.add_argument("--runs-per-batch", type=int, default=None, metavar="K",
+                   help="runs stacked in one model at most (default: 16)")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="local processes (default: the cores, at most one per batch; 1: this process)")
+    g.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the batches on a Dask cluster, e.g. tcp://HOST:8786 (default: $DASK_SCHEDULER_ADDRESS, "
+                        "else local)")
+    g.add_argument("--no-compile", action="store_true",
+                   help="never torch.compile (default: only a run alone in its shape compiles, when it has the steps to "
+                        "earn compiling back: 12,000 with a warm compiler cache, 64,000 with an empty one)")
+    g.add_argument("--yes", action="store_true", help="train a grid of more than 10,000 runs without asking")
+    g.add_argument("--quiet", action="store_true", help="print only the report's location (and errors)")
+    try:  # the coarsening sweep's own options (--no-train, --centre, ...), after ours
+        from blackholes.pipelines.coarsening import add_coarsening_arguments
+    except ImportError:
+        p.add_argument("--no-train", action="store_true", help="no training: the coarsening sweep")
+    else:
+        add_coarsening_arguments(p)
+    return p
+
+
+def _add_train_grid(p: argparse.ArgumentParser) -> None:
+    """One option per ``TrainConfig`` field, taking a grid (a recording or execution setting: one value)."""
+    from blackholes.pipelines.sweep import SWEEPABLE
+    from blackholes.training.config import TrainConfig
+
+    titles = {"recording": "recording (of the --record runs; one value each)", "execution": "execution (one value each)"}
+    groups = {name: p.add_argument_group(titles.get(name, f"train options ({name}): {GRID_HELP}"))
+              for name in ("run", "model", "optimizer", "recording", "execution")}
+    for f in dataclasses.fields(TrainConfig):
+        cli = f.metadata.get("cli")
+        if cli is None or f.name == "compile":
+            continue
+        group = groups[cli["group"]]
+        shown = cli.get("shown", f.default)
+        if isinstance(f.default, bool):  # --no-optimizer-state
+            group.add_argument(*cli["flags"], dest=f.name, action="store_const", const=not f.default, default=None,
+                               help=f"{cli['help']} (default: {shown})")
+            continue
+        flags = {"seed": ("--seed", "--seeds"), "precision": ("--precision",)}.get(f.name, (f"--{f.name.replace('_', '-')}",))
+        one = "" if f.name in SWEEPABLE else "; one value"
+        group.add_argument(*flags, dest=f.name, default=None, metavar="VALUES" if one == "" else cli.get("metavar"),
+                           help=f"{cli['help']} (default: {shown}{one})")
+    groups["run"].add_argument("--dtype", dest="dtype", default=None, metavar="VALUES",
+                               help="the older name of --precision (with --no-train: the grid rows are rounded to)")
+
+
+def run(args) -> int:
+    if getattr(args, "no_train", False):
+        from blackholes.pipelines.coarsening import run_coarsening
+
+        return run_coarsening(args)
+    from blackholes.pipelines.sweep import FIXED_ONLY, RUNS_PER_BATCH, SWEEPABLE, sweep
+
+    options = {name: getattr(args, name) for name in (*SWEEPABLE, *FIXED_ONLY) if getattr(args, name, None) is not None}
+    if args.dtype is not None:
+        if "precision" in options and options["precision"] != args.dtype:
+            raise BlackholesError(f"--dtype {args.dtype} and --precision {options['precision']} disagree; give one")
+        options["precision"] = args.dtype
+    if args.workers is not None and args.workers < 1:
+        raise BlackholesError(f"--workers must be at least 1, got {args.workers}")
+    scheduler = args.scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS") if args.workers is None else None)
+    result = sweep(
+        args.out, record=args.record, workers=args.workers, scheduler=scheduler,
+        runs_per_batch=args.runs_per_batch or RUNS_PER_BATCH, compile="never" if args.no_compile else "auto",
+        yes=args.yes, confirm=_ask if sys.stdin.isatty() and not args.quiet else None,
+        progress=not args.quiet, log=None if args.quiet else _stderr, **options,
+    )
+    if result.interrupted:
+        print(f"blackholes: interrupted: {len(result.runs):,} finished runs kept in {result.out}/runs.jsonl; run the "
+              "same command again to go on", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(result.summary())
+        print(f"Sweep: {len(result.runs):,} runs ({result.trained:,} trained, {result.skipped:,} already done, "
+              f"{result.failed:,} failed) in {result.seconds:.1f} s")
+    return _report(result)
+
+
+def _report(result) -> int:
+    """The phase diagrams (render/sweep.py), when that module is installed."""
+    try:
+        from blackholes.render.sweep import write_sweep_report
+    except ImportError:
+        print(f"Results: {result.out}/runs.jsonl, {result.out}/steps.safetensors")
+        return 0
+    paths = write_sweep_report(result.out)
+    page = next((p for p in paths if str(p).endswith(".html")), None)
+    print(f"Report: {page}  (also sweep.md, runs.jsonl, steps.safetensors; all files in {result.out}/)")
+    return 0
+
+
+def _ask(runs: int) -> bool:
+    print(f"The grid has {runs:,} runs. Train them all? [y/N] ", end="", file=sys.stderr, flush=True)
+    try:
+        return input().strip().lower() in ("y", "yes")
+    except EOFError:
+        return False
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)

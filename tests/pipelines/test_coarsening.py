@@ -267,14 +267,9 @@ def test_run_coarsening_writes_the_pages_and_refuses_before_any_work(tmp_path, c
         assert not fresh.exists()  # refused before any work: not even DIR was made
 
 
-def test_the_sweep_command_runs_it_when_wired(tmp_path, capsys):
+def test_the_sweep_command_runs_it(tmp_path):
     from blackholes.cli import main
 
-    try:
-        status = main(["sweep", "--no-train", "--sigma", "0", "1e-3", "--tokens", "8", "--dim", "4",
-                       "--out", str(tmp_path / "s"), "--quiet"])
-    except SystemExit:
-        pytest.skip("`blackholes sweep --no-train` is not wired into the CLI yet")
-    if status != 0 and "invalid choice" in capsys.readouterr().err:
-        pytest.skip("`blackholes sweep` is not wired into the CLI yet")
+    status = main(["sweep", "--no-train", "--sigma", "0,1e-3", "--tokens", "8", "--dim", "4",
+                   "--out", str(tmp_path / "s"), "--quiet"])
     assert status == 0 and (tmp_path / "s" / "coarsening.json").is_file()

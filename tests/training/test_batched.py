@@ -119,7 +119,7 @@ def test_runs_read_their_own_windows(corpora):
     configs = varied(corpora, 2, "bf16", steps=300, batch=2)  # past one block of windows
     tokens, starts = prepared(configs)
     stacked = StackedBatches(tokens, starts, configs[0].context)
-    singles = [loop._Batches(loop.prepare_corpus(c), s, c.context) for c, s in zip(configs, starts)]
+    singles = [loop.Batches(loop.prepare_corpus(c), s, c.context) for c, s in zip(configs, starts)]
     for step in (1, 2, 256, 257, 300):
         inputs, targets = stacked.get(step)
         for k, one in enumerate(singles):

@@ -472,8 +472,8 @@ def _track_hole(rec: _Recording, U: np.ndarray) -> dict:
         eb = _bits(np.asarray(emb[a:b][:, U]), edt)
         first_row[a:b] = _floats(eb[:, 0], edt)
         gb = _bits(np.asarray(grads[a:b][:, U]), gdt)
-        centroid[a:b] = _group_mean(eb, edt)
-        g = _group_mean(gb, gdt)
+        centroid[a:b] = group_mean(eb, edt)
+        g = group_mean(gb, gdt)
         grad_norm[a:b] = np.sqrt(np.einsum("ij,ij->i", g, g))
         # a gradient of +0/-0 everywhere: nothing pushed the hole at this step
         grad_zero[a:b] = ~((gb << 1) != 0).reshape(b - a, -1).any(axis=1)
@@ -499,7 +499,7 @@ def _track_hole(rec: _Recording, U: np.ndarray) -> dict:
     }
 
 
-def _group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:
+def group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:
     """Mean over the group's rows (float64); exact when the rows are bit-identical."""
     steps = bits.shape[0]
     same = (bits == bits[:, :1]).reshape(steps, -1).all(axis=1)

@@ -212,8 +212,8 @@ def census(embeddings: np.ndarray, dtype: str, steps, *, never_seen=None, traine
     tr = _token_set(trained, V, "trained")
     if tr is None and ns is not None:
         tr = [t for t in range(V) if t not in set(ns)]
-    group_ids, changed = _partitions(emb)
-    series = _series(group_ids)
+    group_ids, changed = partitions(emb)
+    series = census_series(group_ids)
     events, lineages = _follow(group_ids, changed, steps, set(ns or ()))
     last_record = _last_change(changed)
     final_holes = np.flatnonzero(np.bincount(group_ids[-1], minlength=V)[group_ids[-1]] >= 2)
@@ -314,7 +314,7 @@ def _token_set(tokens, vocab: int, what: str) -> list[int] | None:
 # ---------------------------------------------------------------------------- the partition, every record
 
 
-def _partitions(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def partitions(emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``group_ids`` (int32 [R, V], smallest member) and ``changed`` (bool [R, V]) in one pass."""
     R, V = emb.shape[:2]
     width = emb.dtype.itemsize * int(np.prod(emb.shape[2:]))
@@ -390,7 +390,7 @@ def _exact_ids(rows: np.ndarray) -> np.ndarray:
     return first[inverse.ravel()].astype(np.int32)  # first occurrence = smallest member
 
 
-def _series(group_ids: np.ndarray) -> dict[str, np.ndarray]:
+def census_series(group_ids: np.ndarray) -> dict[str, np.ndarray]:
     """Per-record counts from the partition: distinct vectors, holes, their tokens, the largest."""
     R, V = group_ids.shape
     flat = (np.arange(R, dtype=np.int64)[:, None] * V + group_ids).ravel()

@@ -72,9 +72,7 @@ STEP_ARRAYS = {  # name -> (numpy dtype, fill value for steps a shorter run does
     "hole_logit": (np.float32, np.nan), "hole_speed": (np.float32, np.nan),
 }
 RING = 64  # steps buffered per run before their census is taken
-# What runs must share to be stacked (training.batched.SHAPE_FIELDS, repeated here so that
-# planning does not import torch: a driver without torch can fork its pool processes).
-SHAPE_FIELDS = ("vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "precision", "steps", "threads")
+from blackholes.training.config import SHAPE_FIELDS  # noqa: E402 (one home, torch-free)
 ERROR_CHARS = 300
 
 # train options a grid may sweep, and those given once (recording and execution settings)
@@ -392,7 +390,7 @@ class StepCensus:
     """Per-step summaries of K runs trained together, computed as they train.
 
     Each step's embedding matrices go into a ring of :data:`RING` steps; a full ring is grouped
-    exactly (``lifecycle._partitions``: hash, sort, verify byte for byte, skipping steps at
+    exactly (``lifecycle.partitions``: hash, sort, verify byte for byte, skipping steps at
     which no row changed) and reduced to the arrays of :data:`STEP_ARRAYS`, plus each token's
     last motion and the first fission. ``never_seen[k]``: run k's byte ids absent from its corpus.
     """
@@ -442,13 +440,13 @@ class StepCensus:
         self.filled = 1
 
     def _reduce(self, k: int, bits: np.ndarray, losses: np.ndarray, logits: np.ndarray) -> None:
-        from blackholes.analysis.lifecycle import _partitions, _series
+        from blackholes.analysis.lifecycle import census_series, partitions
 
-        group_ids, changed = _partitions(bits)
+        group_ids, changed = partitions(bits)
         steps = self.base + np.arange(len(bits))
         first = 0 if self.base == 0 else 1  # slot 0 repeats the previous block's last step
         a = self.arrays[k]
-        series = _series(group_ids)
+        series = census_series(group_ids)
         for name in ("distinct", "holes", "tokens_in_holes", "largest"):
             a[name][steps[first:]] = series[name][first:]
         a["loss"][steps[1:]] = losses
@@ -470,12 +468,12 @@ class StepCensus:
 
     def _hole_motion(self, k: int, bits: np.ndarray, steps: np.ndarray) -> None:
         """The never-seen set's centroid (as ``dynamics`` computes it) and how far it moves per step."""
-        from blackholes.analysis.dynamics import _group_mean
+        from blackholes.analysis.dynamics import group_mean
 
         ns = self.never_seen[k]
         if not ns.size:
             return
-        centroid = _group_mean(bits[:, ns], self.dtype)  # slot 0 included: the step before the block's first
+        centroid = group_mean(bits[:, ns], self.dtype)  # slot 0 included: the step before the block's first
         diff = np.diff(centroid, axis=0)
         self.arrays[k]["hole_speed"][steps[1:]] = np.sqrt(np.einsum("ij,ij->i", diff, diff))
 
@@ -648,8 +646,8 @@ class _Single:
         forward = loop.select_forward(model, config, threads, False) if config.compile else None
         self.compiled = forward is not None
         self.trainer = loop.Trainer(model, loop.build_optimizer(model, config),
-                                    forward or loop._eager_forward(config), config.clip)
-        self.batches = loop._Batches(corpus, starts, config.context)
+                                    forward or loop.eager_forward(config), config.clip)
+        self.batches = loop.Batches(corpus, starts, config.context)
 
     def embeddings(self):
         return self.trainer.model.embedding.detach()[None]
@@ -737,7 +735,7 @@ def _open_recorders(stack, unit, task: BatchTask, prepared) -> list[tuple[int, _
     import torch
 
     from blackholes.io.atomic import atomic_path
-    from blackholes.training.loop import StepRecorder, _Metadata
+    from blackholes.training.loop import StepRecorder, RunMetadata
     from blackholes.training.recording import RecordingWriter, recording_specs
 
     out = []
@@ -748,7 +746,7 @@ def _open_recorders(stack, unit, task: BatchTask, prepared) -> list[tuple[int, _
         config = task.configs[i]
         corpus, starts, _ = prepared[i]
         steps = config.recorded_steps()
-        meta = _Metadata(config, corpus, unit.centres[j], starts, steps,
+        meta = RunMetadata(config, corpus, unit.centres[j], starts, steps,
                          {"threads": torch.get_num_threads(), "compiled": unit.compiled})
         tmp = stack.enter_context(atomic_path(path))
         writer = RecordingWriter(tmp, recording_specs(config), len(steps), meta.encode(complete=False))

@@ -58,7 +58,7 @@ from blackholes.training.precision import precision
 
 # What runs must share to be stacked: the shapes of every tensor, the dtypes, the number of
 # steps, and the thread count (which changes roundings). Everything else may differ per run.
-SHAPE_FIELDS = ("vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "precision", "steps", "threads")
+from blackholes.training.config import SHAPE_FIELDS  # noqa: E402 (one home, torch-free)
 # What AdamW and the learning-rate schedule read: runs equal in all of these share one
 # optimizer parameter group (one fused kernel call for all of them).
 OPTIMIZER_FIELDS = ("lr", "schedule", "steps", "beta1", "beta2", "eps", "weight_decay")
@@ -436,7 +436,7 @@ def agrees_with_single(configs: list[TrainConfig], tokens: list[np.ndarray], sta
     singles = {}
     for k in picks:
         model, _ = loop.build_model(configs[k])
-        singles[k] = loop.Trainer(model, loop.build_optimizer(model, configs[k]), loop._eager_forward(configs[k]),
+        singles[k] = loop.Trainer(model, loop.build_optimizer(model, configs[k]), loop.eager_forward(configs[k]),
                                   configs[k].clip)
     for step in range(1, steps + 1):
         inputs, targets = batches.get(step)

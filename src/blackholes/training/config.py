@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from blackholes.errors import BlackholesError
 from blackholes.training.precision import PRECISIONS
 
+# What runs must share to be trained stacked in one batched model (training.batched, pipelines.sweep)
+SHAPE_FIELDS = ("vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "precision", "steps", "threads")
 INITS = ("centre", "unit", "normal")  # see blackholes.training.model.INITS for what each one draws
 SCHEDULES = ("linear", "constant")
 _COUNTS = ("steps", "vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "every")

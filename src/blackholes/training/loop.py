@@ -124,7 +124,7 @@ def draw_counts(tokens: np.ndarray, starts: np.ndarray, config: TrainConfig) -> 
     return corpora.draw_counts(tokens, starts, config.context, config.vocab)
 
 
-class _Batches:
+class Batches:
     """The training windows of each step, cut from the corpus ``_WINDOW_BLOCK`` steps at a time."""
 
     def __init__(self, corpus: Corpus, starts: np.ndarray, context: int):
@@ -276,7 +276,7 @@ def train(
         t0 = time.perf_counter()
         forward = select_forward(model, config, threads, progress)
         compile_seconds = time.perf_counter() - t0
-        trainer = Trainer(model, build_optimizer(model, config), forward or _eager_forward(config), config.clip)
+        trainer = Trainer(model, build_optimizer(model, config), forward or eager_forward(config), config.clip)
         extra = {"threads": threads, "compiled": forward is not None}
         run = _record_run(config, corpus, trainer, centre, out, extra, progress, on_step)
         seconds = time.perf_counter() - t0
@@ -319,7 +319,7 @@ def intra_op_threads(threads: int):
         torch.set_num_threads(previous)
 
 
-def _eager_forward(config: TrainConfig) -> Callable:
+def eager_forward(config: TrainConfig) -> Callable:
     return forward_loss_bf16_autocast if precision(config.precision).autocast else forward_loss
 
 
@@ -353,7 +353,7 @@ def select_forward(model, config: TrainConfig, threads: int, progress: bool) -> 
 
     if progress:
         print("compiling the model (torch.compile; --no-compile skips this) ...", file=sys.stderr, flush=True)
-    fn = _eager_forward(config)
+    fn = eager_forward(config)
     key = (fn.__name__, threads)
     compiled = _COMPILED.get(key) or torch.compile(_own_code(fn, f"threads{threads}"), fullgraph=True,
                                                    dynamic=False)
@@ -406,7 +406,7 @@ def _record_run(config, corpus, trainer, centre, out, extra, progress, on_step) 
 
     starts = window_starts(config, corpus.size)
     steps = config.recorded_steps()
-    meta = _Metadata(config, corpus, centre, starts, steps, extra)
+    meta = RunMetadata(config, corpus, centre, starts, steps, extra)
     run = _Run()
     pbar = _progress_bar(config.steps, progress)
     # StopOnSignal outside atomic_path: a signal arriving after the last step is delivered
@@ -415,7 +415,7 @@ def _record_run(config, corpus, trainer, centre, out, extra, progress, on_step) 
         writer = RecordingWriter(tmp, recording_specs(config), len(steps), meta.encode(complete=False))
         recorder = StepRecorder(writer, steps, trainer, config)
         try:
-            _loop(config, trainer, _Batches(corpus, starts, config.context), recorder, run, stop, pbar, on_step)
+            _loop(config, trainer, Batches(corpus, starts, config.context), recorder, run, stop, pbar, on_step)
             recorder.flush()
             if run.interrupted:
                 writer.truncate(recorder.records, meta.encode(complete=False, done=run.done, by=run.stopped_by))
@@ -456,7 +456,7 @@ def _loop(config, trainer, batches, recorder, run, stop, pbar, on_step) -> None:
             return
 
 
-class _Metadata:
+class RunMetadata:
     """The recording's ``__metadata__``: everything but completion is known before the first step."""
 
     def __init__(self, config, corpus, centre, starts, steps, extra):

@@ -27,7 +27,7 @@ import numpy as np
 
 from blackholes.errors import BlackholesError
 
-_CHUNK_BYTES = 64 << 20  # float32 bytes per chunk: few large BLAS calls hold up best on busy cores
+_CHUNK_BYTES = 32 << 20  # float32 bytes per chunk: large BLAS calls, and two chunks alive stay small
 
 
 # ----------------------------------------------------------------------------- PCA
@@ -244,8 +244,8 @@ class _ChunkReader:
         self._set_shift()
 
     def _set_shift(self) -> None:
-        self.shift = _offset(_float_chunk(self.array, self.dtype, 0, min(self.step, self.array.shape[0]),
-                                          self.buffer, self.scale))
+        rows = min(_OFFSET_ROWS, self.array.shape[0])  # a sample: the offset is what all rows share
+        self.shift = _offset(_float_chunk(self.array, self.dtype, 0, rows, None, self.scale))
         self.shift64 = None if self.shift is None else self.shift.astype(np.float64)
 
     def rescale(self, sq_norms: np.ndarray) -> bool:
@@ -279,6 +279,9 @@ class _ChunkReader:
 
     def unshift(self, mean: np.ndarray) -> np.ndarray:
         return mean if self.shift is None else mean + self.shift64
+
+
+_OFFSET_ROWS = 1024  # rows sampled to decide whether the rows share a large offset
 
 
 def _offset(first: np.ndarray) -> np.ndarray | None:

@@ -90,7 +90,9 @@ def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
     dtype('float32')
     """
     if dtype == "BF16":
-        return (np.asarray(array, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+        wide = np.asarray(array, dtype=np.uint16).astype(np.uint32)
+        wide <<= 16  # in place: one temporary the size of the float32 result, not two
+        return wide.view(np.float32)
     if dtype in ("F8_E4M3", "F8_E5M2"):
         raise BlackholesError(f"arithmetic on {dtype} tensors is not supported; compare bits instead")
     return np.asarray(array, dtype=np.float32)  # float32 in: no copy

@@ -759,7 +759,7 @@ class LocalRunner:
 
         broken = []
         alone = len(running) == 1 and not broken_with
-        for fut in done:
+        for fut in [f for f in running if f in done]:  # in submission order: a set has none
             task, est = running.pop(fut)
             try:
                 outcome = fut.result()

@@ -968,7 +968,7 @@ def run_local(tasks: list[BatchTask], handle, workers: int, bar=None) -> None:
                 if bar is not None:
                     bar(n)
             broken = False
-            for fut in done:
+            for fut in [f for f in running if f in done]:  # in submission order: a set has none
                 task = running.pop(fut)
                 try:
                     outcome = fut.result()

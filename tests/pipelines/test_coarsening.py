@@ -166,12 +166,14 @@ def test_size_distance_is_the_optimal_matching_and_a_metric(a, b, c):
 def test_grid_parsing_and_refusals():
     assert C.parse_grid("1e-6:1e-4:3:log,0") == [0.0, 1e-06, 1e-05, 0.0001]
     assert C.parse_grid(["0.5", 0.25, "0:1:3"]) == [0.0, 0.25, 0.5, 1.0]
-    for bad, words in (("", "the grid is empty"), (",", "the grid is empty"), ("0:1:0", "the grid is empty"),
+    assert C.parse_grid("log:1e-6:1e-4:3") == C.parse_grid("1e-6:1e-4:3:log")  # the training sweep's syntax too
+    assert C.parse_grid("0:1:3:lin") == [0.0, 0.5, 1.0]
+    for bad, words in (("", "the grid is empty"), (",", "the grid is empty"), ("0:1:0", "between 1 and"),
                        ("-1", ">= 0"), ("nan", "finite"), ("1e39", "float32"), ("0:1e-3:5:log", "START > 0"),
-                       ("a", "cannot read"), ("1:2", "cannot read"), ("0:1:3:lin", "cannot read")):
+                       ("a", "cannot read"), ("1:2", "cannot read")):
         with pytest.raises(BlackholesError, match=words):
             C.parse_grid(bad)
-    assert C.parse_seeds("3, 1,1") == [1, 3]
+    assert C.parse_seeds("3, 1,1") == [1, 3] and C.parse_seeds("0-3") == [0, 1, 2, 3]
     with pytest.raises(BlackholesError, match="cannot read"):
         C.parse_seeds("x")
 

@@ -517,50 +517,23 @@ def _count(value) -> bool:
 
 
 def parse_grid(text, what: str = "--sigma") -> list[float]:
-    """σ values from numbers and ranges, sorted, each once.
+    """σ values from numbers and ranges, sorted, each once — the same grid syntax as the
+    training sweep (:func:`blackholes.pipelines.sweep.parse_values`): a number,
+    ``log:START:STOP:N`` / ``lin:START:STOP:N``, or ``START:STOP:N[:log]``. Every σ must be
+    finite, ≥ 0 and within float32's range.
 
-    Items are separated by commas (or given as a list): a number; ``START:STOP:N`` (N values,
-    evenly spaced, both ends included); ``START:STOP:N:log`` (N values, geometric). Every σ
-    must be finite, ≥ 0 and within float32's range.
-
-    >>> parse_grid("0, 1e-6:1e-4:3:log, 0.5")
+    >>> parse_grid("0, log:1e-6:1e-4:3, 0.5")
     [0.0, 1e-06, 1e-05, 0.0001, 0.5]
     >>> parse_grid([0.2, "0:0.1:2"])
     [0.0, 0.1, 0.2]
     """
-    items = [text] if isinstance(text, (str, int, float)) else list(text)
-    values: list[float] = []
-    for item in items:
-        for part in (str(item).replace(" ", "").split(",") if isinstance(item, str) else [item]):
-            if part != "":
-                values.extend(_grid_item(part, what))
-    if not values:
-        raise BlackholesError(f"{what}: the grid is empty; give values such as 0,1e-5 or a range 1e-6:1e-2:50:log")
+    from blackholes.pipelines.sweep import parse_values
+
+    values = [float(v) for v in parse_values("sigma", text)]
     for v in values:
         if not math.isfinite(v) or v < 0 or v > float(np.finfo(np.float32).max):
             raise BlackholesError(f"{what}: every value must be finite, >= 0 and within float32's range, got {v}")
     return sorted(set(values))
-
-
-def _grid_item(part, what: str) -> list[float]:
-    if not isinstance(part, str):
-        return [float(part)]
-    fields = part.split(":")
-    try:
-        if len(fields) == 1:
-            return [float(part)]
-        if len(fields) in (3, 4) and (len(fields) == 3 or fields[3] == "log"):
-            start, stop, count = float(fields[0]), float(fields[1]), int(fields[2])
-            if count < 0:
-                raise ValueError
-            if len(fields) == 3:
-                return _tidy(np.linspace(start, stop, count))
-            if start > 0 and stop > 0:
-                return _tidy(np.geomspace(start, stop, count))
-            raise BlackholesError(f"{what}: a log range needs START > 0 and STOP > 0, got {part!r}")
-    except ValueError:
-        pass
-    raise BlackholesError(f"{what}: cannot read {part!r}; use numbers and ranges START:STOP:N or START:STOP:N:log")
 
 
 def _tidy(values: np.ndarray) -> list[float]:
@@ -569,23 +542,14 @@ def _tidy(values: np.ndarray) -> list[float]:
 
 
 def parse_seeds(text) -> list[int]:
-    """Seeds: ints, or comma-separated ints; sorted, each once.
+    """Seeds: integers and ranges (``0-7``), as the training sweep reads them; sorted, each once.
 
-    >>> parse_seeds("2,0, 1"), parse_seeds(7), parse_seeds([3, "1"])
-    ([0, 1, 2], [7], [1, 3])
+    >>> parse_seeds("2,0, 1"), parse_seeds(7), parse_seeds([3, "1"]), parse_seeds("0-3")
+    ([0, 1, 2], [7], [1, 3], [0, 1, 2, 3])
     """
-    items = [text] if isinstance(text, (str, int)) else list(text)
-    seeds = []
-    for item in items:
-        for part in (str(item).replace(" ", "").split(",")):
-            if part == "":
-                continue
-            try:
-                seeds.append(int(part))
-            except ValueError:
-                raise BlackholesError(f"--seed: cannot read {part!r}; give integers such as 0,1,2") from None
-    if not seeds:
-        raise BlackholesError("--seed: no seeds given")
+    from blackholes.pipelines.sweep import parse_values
+
+    seeds = [int(v) for v in parse_values("seed", text if isinstance(text, (list, tuple)) else [text])]
     if any(s < 0 or s >= 2**63 for s in seeds):
         raise BlackholesError("--seed: seeds must be between 0 and 2**63 - 1")
     return sorted(set(seeds))

@@ -344,3 +344,22 @@ def test_memmap_is_not_copied(tmp_path):
     assert isinstance(m.array, np.memmap) and m.dtype == "BF16"
     np.testing.assert_array_equal(open_tensor(tmp_path / "b.safetensors", "w"), bits)
     assert [g.token_ids for g in scan(m).groups] == reference(bits)
+
+
+def test_near_on_quantised_rows_is_skipped_with_a_note_not_refused():
+    """A Q8_0 output matrix has no ULP grid: --near is skipped for it (the F32 input still gets halos)."""
+    from blackholes.sources.matrix import Matrix
+
+    rows = np.random.default_rng(0).integers(0, 256, (20, 34), dtype=np.uint8)
+    rows[3:6] = rows[3]
+    m = Matrix(rows, "Q8_0", source="q.gguf", path=None, key="output.weight", format="gguf",
+               quantization="Q8_0", width=32)
+    r = scan(m, near=8)
+    assert [g.token_ids for g in r.groups] == [[3, 4, 5]] and r.clusters is None
+    assert "near" in r.notes[0] and "Q8_0" in r.notes[0] and r.to_json()["notes"] == r.notes
+    assert "note: --near skipped" in r.summary()
+    with pytest.raises(BlackholesError, match="no near-duplicate clusters"):
+        r.halo(1)
+    f = scan(planted(n=40, d=4, sizes=(3,)), near=0)
+    with pytest.raises(BlackholesError, match="numbered 1 to 1"):
+        f.halo(0)

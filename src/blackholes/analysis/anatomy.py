@@ -20,7 +20,7 @@ In order, each step only when asked or possible:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -33,6 +33,7 @@ class DeadVocabulary:
     anatomy: object = None  # analysis.near.Anatomy (two holes or more)
     indicators: object = None  # analysis.indicators.Indicators
     categories: object = None  # analysis.vocabulary.Categories
+    notes: list = field(default_factory=list)  # what was asked for but is not defined for this matrix
 
 
 def dead_vocabulary(m, groups: list[np.ndarray], *, tokenizer=None, near: int | None = None,
@@ -42,7 +43,9 @@ def dead_vocabulary(m, groups: list[np.ndarray], *, tokenizer=None, near: int | 
     whose exact ``groups`` are known. ``tokenizer``: a tokenizer.json path (else ``m.vocabulary``)."""
     out = DeadVocabulary()
     if near is not None:
-        out.clusters, out.anatomy = _halos(m, groups, near)
+        out.clusters, out.anatomy, note = _halos(m, groups, near)
+        if note:
+            out.notes.append(note)
     shown = _shown_ids(groups, out.clusters)
     if indicators:
         out.categories = _categories(m, tokenizer, None)  # every row: the unused and padding ones are the reference
@@ -56,14 +59,12 @@ def _halos(m, groups, k: int):
     from blackholes.analysis.near import anatomy, check_k, near_clusters
 
     k = check_k(k)
-    if m.quantization:
-        from blackholes.errors import BlackholesError
-
-        raise BlackholesError(f"--near counts ULPs, which {m.quantization} blocks do not have: identity of "
-                              "quantised rows is exact, nearness is not defined for them")
+    if m.quantization:  # skipped, not refused: the model's other matrix (often F32) still gets its halos
+        return None, None, (f"--near skipped: ULPs are not defined for {m.quantization} blocks (identity of "
+                            "quantised rows is exact; nearness is not)")
     clusters = near_clusters(m.array, m.dtype, k, groups=groups)
     holes = anatomy(m.array, m.dtype, groups, grid=clusters.grid) if len(groups) >= 2 else None
-    return clusters, holes
+    return clusters, holes, ""
 
 
 def _shown_ids(groups, clusters) -> np.ndarray:

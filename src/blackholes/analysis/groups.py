@@ -124,11 +124,14 @@ class ScanResult:
     indicators: object = field(default=None, repr=False)  # analysis.indicators.Indicators (scan(indicators=True))
     categories: object = field(default=None, repr=False)  # analysis.vocabulary.Categories of the tokens shown
     source_matrix: Matrix | None = field(default=None, repr=False, compare=False)  # what was scanned (not in JSON)
+    notes: list = field(default_factory=list)  # options that do not apply to this matrix, and why
 
     def halo(self, hole_id: int) -> list[int]:
         """The halo of hole ``hole_id`` (1 = the largest): near rows in no exact hole (needs ``near=K``)."""
         if self.clusters is None:
             raise BlackholesError("no near-duplicate clusters were computed: scan with near=K (--near K)")
+        if not 1 <= hole_id <= len(self.groups):
+            raise BlackholesError(f"there is no hole {hole_id}; holes are numbered 1 to {len(self.groups)}")
         return self.clusters.halo(hole_id - 1)
 
     @property
@@ -177,6 +180,8 @@ class ScanResult:
             out["candidates"] = out["indicators"].get("candidates")
         if self.categories is not None:
             out["vocabulary"] = {"kind": self.categories.kind, "available": list(self.categories.available)}
+        if self.notes:
+            out["notes"] = list(self.notes)
         return out
 
     def save_mask(self, path: str | os.PathLike) -> None:
@@ -320,6 +325,7 @@ def scan(
         indicators=extras.indicators,
         categories=extras.categories,
         source_matrix=m,
+        notes=extras.notes,
     )
 
 

@@ -35,7 +35,7 @@ def scan_summary(r, top: int = 10) -> str:
             lines.append(f"  ... {len(r.groups) - top} more (--top N, or --json for all)")
     elif not r.groups:
         lines += ["", "No black holes: every row is unique."]
-    return "\n".join(lines + _anatomy_lines(r))
+    return "\n".join(lines + _anatomy_lines(r) + [f"note: {n}" for n in getattr(r, "notes", [])])
 
 
 def _anatomy_lines(r) -> list[str]:

@@ -13,7 +13,7 @@ from blackholes.errors import BlackholesError
 
 
 def looks_like_model_id(text: str) -> bool:
-    return bool(re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", text)) and not text.endswith(".safetensors")
+    return bool(re.fullmatch(r"[\w.\-]+(/[\w.\-]+)?(@[\w.\-/]+)?", text)) and not text.endswith((".safetensors", ".gguf"))
 
 
 def hf_cache_dir() -> Path:

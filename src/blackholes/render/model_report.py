@@ -1095,7 +1095,8 @@ def _heat(fig, ax, values, ylabels, xlabels, *, signed: bool, bar: str, title: s
     ax.set_yticks(range(len(ylabels)), ylabels, fontsize=8)
     ax.set_xticks(range(len(xlabels)), xlabels, fontsize=8, rotation=90)
     ax.set_title(title, fontsize=10)
-    if v.size <= 400:
+    widest = max((len(f"{int(u):+,}") for u in np.asarray(v).ravel() if np.isfinite(u)), default=0)
+    if v.size <= 400 and widest * 4.5 <= 72 * 6.5 / max(1, v.shape[1]):  # numbers only where they fit their cell
         for (i, j), u in np.ndenumerate(v):
             if signed and u == 0:  # the same bits as hole #1: the blank cells are the point
                 continue

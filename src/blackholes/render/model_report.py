@@ -308,11 +308,13 @@ def _halo_lines(r, f: Facts) -> list[str]:
         line = f"No hole, so no halo (`--near {c.k}`)."
     elif f.halo:
         far = max(m.ulps for x in c.clusters if x.holes for m in x.members if m.hole is None)
-        line = (f"**The halo: {f.halo:,} more token{'s' if f.halo != 1 else ''}** are near-duplicates of the "
+        line = (f"**The halo: {f.halo:,} more token{'s' if f.halo != 1 else ''}** "
+                f"{'are near-duplicates' if f.halo != 1 else 'is a near-duplicate'} of the "
                 f"holes — not bit-identical, but within {c.k} ULPs in every coordinate of a hole or of each other, "
                 f"at most {_ulps(far)} from their cluster's largest hole. {grid}.")
         if r.categories is not None:
-            line += f" They are {_counted(r.categories.count_by(f.halo_rows, 'category'), CATEGORY_WORDS)}."
+            line += (f" {'They are' if f.halo != 1 else 'It is one of'} "
+                     f"{_counted(r.categories.count_by(f.halo_rows, 'category'), CATEGORY_WORDS)}.")
     else:
         line = f"**No halo**: no other row lies within {c.k} ULPs of a hole in every coordinate. {grid}."
     lines = [line]

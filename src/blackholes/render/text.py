@@ -52,9 +52,10 @@ def _anatomy_lines(r) -> list[str]:
         a = r.anatomy
         spread = max(a.spread_ulps) if a.spread_ulps else 0
         linked = [comp for comp in a.one_ulp_components if len(comp) > 1]
+        chains = (f"; {sum(map(len, linked))} of them form {len(linked)} chain{'s' if len(linked) > 1 else ''} of "
+                  "single 1-ULP steps" if linked else "; no two of them are one 1-ULP step apart")
         lines.append(f"  The {len(a.rows)} hole vectors differ in {len(a.coordinates):,} of {r.shape[1]:,} "
-                     f"coordinates, by at most {spread:,} ULPs; {sum(map(len, linked))} of them form "
-                     f"{len(linked)} chain(s) of single 1-ULP steps")
+                     f"coordinates, by at most {spread:,} ULPs{chains}")
     if r.indicators is not None:
         ind = r.indicators
         lines += ["", f"Under-trained candidates (the lowest {ind.percentile:g}% of the {ind.main} indicator, "

@@ -313,8 +313,9 @@ def _halo_lines(r, f: Facts) -> list[str]:
                 f"holes — not bit-identical, but within {c.k} ULPs in every coordinate of a hole or of each other, "
                 f"at most {_ulps(far)} from their cluster's largest hole. {grid}.")
         if r.categories is not None:
-            line += (f" {'They are' if f.halo != 1 else 'It is one of'} "
-                     f"{_counted(r.categories.count_by(f.halo_rows, 'category'), CATEGORY_WORDS)}.")
+            counts = r.categories.count_by(f.halo_rows, "category")
+            line += (f" They are {_counted(counts, CATEGORY_WORDS)}." if f.halo != 1
+                     else f" Its category: `{next(iter(counts))}`.")
     else:
         line = f"**No halo**: no other row lies within {c.k} ULPs of a hole in every coordinate. {grid}."
     lines = [line]

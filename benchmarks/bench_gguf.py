@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import run_child  # benchmarks/_common.py
+
 V, D = 151_936, 2_560
 SIZES = (814, 704, 306, 228, 11, 10, 6, 5, 4, 4, 3, 3, 2)  # the 13 groups of Qwen3-4B-Instruct-2507
 SEED = 20_250_707
@@ -159,25 +161,6 @@ r = gguf.GGUFReader(PATH)
 out = {}
 """,
 }
-EPILOGUE = """
-import json as _j
-out["seconds"] = time.perf_counter() - t0
-print(_j.dumps(out))
-"""
-CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def run_child(code: str) -> tuple[dict, int]:
-    """Run code in a fresh interpreter; return (its printed result, peak RSS in bytes)."""
-    with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen([sys.executable, "-c", code + EPILOGUE], stdout=out, env=CHILD_ENV)
-        _, status, usage = os.wait4(p.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"contender failed with status {os.waitstatus_to_exitcode(status)}")
-        out.seek(0)
-        return json.loads(out.read().decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024
-
-
 def measure(names, subst: dict, repeat: int, expect: dict) -> dict:
     """Best timed part of each contender, run round-robin so changing load hits each alike."""
     best: dict[str, tuple[float | None, int, str]] = {}

@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import CHILD_ENV, READ_PASS_SAFETENSORS, run_child  # benchmarks/_common.py
+
 V, D = 151_936, 2_560
 SIZES = (814, 704, 306, 228, 11, 10, 6, 5, 4, 4, 3, 3, 2)
 SEED = 20_250_708
@@ -179,19 +181,7 @@ def _block(rng: np.random.Generator, n: int, variant: str) -> np.ndarray:
 # ---------------------------------------------------------------------------- contenders
 
 CONTENDERS = {
-    "read pass": """
-import time, json
-t0 = time.perf_counter()
-with open(PATH, "rb", buffering=0) as f:
-    n = int.from_bytes(f.read(8), "little")
-    info = json.loads(f.read(n))["gamma"]
-    f.seek(8 + n + info["data_offsets"][0])
-    left = info["data_offsets"][1] - info["data_offsets"][0]
-    buf = memoryview(bytearray(1 << 22))
-    while left > 0:
-        left -= f.readinto(buf[: min(left, len(buf))])
-out = {}
-""",
+    "read pass": READ_PASS_SAFETENSORS,
     "find_groups": """
 import time
 from blackholes.sources import load_matrix
@@ -251,32 +241,13 @@ out = {"holes": len(r.groups), "candidates": len(r.candidates),
        "halo": sum(len(c.singletons) for c in r.clusters.clusters if c.holes)}
 """,
 }
-EPILOGUE = """
-import json as _j
-out["seconds"] = time.perf_counter() - t0
-print(_j.dumps(out))
-"""
-CHILD_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-
-
-def run_child(code: str) -> tuple[dict, int]:
-    """Run code in a fresh interpreter; (its printed result, peak RSS in bytes)."""
-    with tempfile.TemporaryFile() as out:
-        p = subprocess.Popen([sys.executable, "-c", code], stdout=out, env=CHILD_ENV)
-        _, status, usage = os.wait4(p.pid, 0)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise SystemExit(f"contender failed with status {os.waitstatus_to_exitcode(status)}")
-        out.seek(0)
-        return json.loads(out.read().decode().strip().splitlines()[-1]), usage.ru_maxrss * 1024
-
-
 def bench(path: Path, expect: Path, repeat: int) -> None:
     want = json.loads(expect.read_text())
     tensor = path.stat().st_size
     best: dict[str, tuple[float, int, dict]] = {}
     for _ in range(repeat):
         for name, code in CONTENDERS.items():
-            found, rss = run_child(code.replace("PATH", repr(str(path))) + EPILOGUE)
+            found, rss = run_child(code.replace("PATH", repr(str(path))))
             if name not in best or found["seconds"] < best[name][0]:
                 best[name] = (found["seconds"], max(rss, best.get(name, (0, 0))[1]), found)
     near = best["find_groups + near (k=8)"][2]

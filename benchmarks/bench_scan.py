@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import READ_PASS_SAFETENSORS  # benchmarks/_common.py
+
 V, D = 151_936, 2_560
 SIZES = (814, 704, 306, 228, 11, 10, 6, 5, 4, 4, 3, 3, 2)
 SEED = 20_250_707
@@ -90,19 +92,7 @@ gamma = load_file(PATH)["gamma"]
 uniq, counts = torch.unique(gamma, dim=0, return_counts=True)
 out = dict(unique_vectors=len(uniq), groups=int((counts > 1).sum()), black_hole_tokens=int(counts[counts > 1].sum()))
 """,
-    "read pass (floor)": """
-import time, json
-t0 = time.perf_counter()
-with open(PATH, "rb", buffering=0) as f:
-    n = int.from_bytes(f.read(8), "little")
-    info = json.loads(f.read(n))["gamma"]
-    f.seek(8 + n + info["data_offsets"][0])
-    left = info["data_offsets"][1] - info["data_offsets"][0]
-    buf = memoryview(bytearray(1 << 22))
-    while left > 0:
-        left -= f.readinto(buf[: min(left, len(buf))])
-out = {}
-""",
+    "read pass (floor)": READ_PASS_SAFETENSORS,
     "scan() (in process)": """
 import time
 from blackholes.analysis.groups import scan

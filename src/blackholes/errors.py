@@ -12,3 +12,12 @@ class BlackholesError(Exception):
     ...
     blackholes.errors.BlackholesError: no such file: model.safetensors
     """
+
+
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal (``"SIGINT"``, ``"SIGTERM"``, ``"SIGHUP"``) that a lower layer
+    already caught to keep a valid partial output; the CLI exits 128 + that signal's number."""
+
+    def __init__(self, signal_name: str | None = None):
+        super().__init__(signal_name or "SIGINT")
+        self.signal_name = signal_name or "SIGINT"

@@ -274,3 +274,25 @@ def test_census_and_precision_in_the_report(tmp_path):
     assert doc["census"]["series"]["holes"] == [int(h) for h in r.census.holes]
     page = (tmp_path / "mixed" / "report.md").read_text()
     assert "Every group at every step (census)" in page and "plots/census.png" in page
+
+
+def test_sigterm_mid_training_exits_143_and_keeps_the_recording(tmp_path):
+    """reproduce stopped by SIGTERM: 128 + 15, the partial recording kept, no report, no empty plots/."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    p = subprocess.Popen([sys.executable, "-m", "blackholes", "reproduce", "--out", str(out), "--steps", "100000",
+                          "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(out.glob(".recording.safetensors.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 128 + signal.SIGTERM, err
+    assert err.strip().endswith("blackholes: terminated (SIGTERM)") and "Traceback" not in err
+    assert (out / "recording.safetensors").is_file() and not (out / "plots").exists()
+    assert not (out / "report.html").exists()

@@ -348,8 +348,9 @@ def main(argv: list[str] | None = None) -> int:
         import warnings
 
         warnings.simplefilter("ignore")
+    received = [None]
     try:
-        with _signals_as_interrupts() as received:
+        with _signals_as_interrupts(received):
             status = args._run(args)
         # Exit without a final garbage-collection sweep over the objects torch.compile
         # leaves behind (~1 s at interpreter shutdown after `train`): nothing is left to free.
@@ -358,7 +359,9 @@ def main(argv: list[str] | None = None) -> int:
     except BlackholesError as e:
         print(f"blackholes: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        if received[0] is None and getattr(e, "signal_name", None):  # a lower layer stopped at a safe point
+            received[0] = getattr(signal, e.signal_name)
         name = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}.get(received[0], "interrupted")
         print(f"blackholes: {name}", file=sys.stderr)
         return 128 + int(received[0] or signal.SIGINT)
@@ -389,10 +392,9 @@ def _printable_anywhere() -> None:
 
 
 @contextlib.contextmanager
-def _signals_as_interrupts():
+def _signals_as_interrupts(received: list):
     """SIGTERM (a scheduler's stop) and SIGHUP (a closed terminal) stop a run like Ctrl-C does:
-    at a safe point, keeping a valid output marked incomplete, or none. Yields [signal received]."""
-    received = [None]
+    at a safe point, keeping a valid output marked incomplete, or none. ``received[0]``: the signal."""
 
     def handler(signum, frame):
         received[0] = signum
@@ -405,7 +407,7 @@ def _signals_as_interrupts():
         except ValueError:  # not the main thread (e.g. called from a worker): leave signals alone
             pass
     try:
-        yield received
+        yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)

@@ -266,7 +266,9 @@ def _train(run: _Run):
 
         print(f"interrupted after {trained.steps_done:,} steps: partial recording kept at {run.files['recording']}; "
               "no report written", file=sys.stderr)
-        raise KeyboardInterrupt
+        from blackholes.errors import Stopped
+
+        raise Stopped(trained.stopped_by)
     run.say(f"      recorded {trained.steps_done:,} steps in {trained.seconds:.1f} s -> {run.files['recording']}")
     return trained
 

@@ -14,9 +14,10 @@ from safetensors.numpy import save_file
 from support import planted
 
 import blackholes
-import blackholes.analysis.groups as scan_module
+import blackholes.analysis.exact as scan_module
 from blackholes.errors import BlackholesError
-from blackholes.analysis.groups import ScanResult, find_groups, scan
+from blackholes.analysis.exact import find_groups
+from blackholes.analysis.groups import ScanResult, scan
 from blackholes.io.dtypes import bf16_from_float32
 from blackholes.io.safetensors import open_tensor
 from blackholes.sources import load_matrix

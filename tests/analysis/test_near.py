@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import blackholes.analysis.near as near
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 from blackholes.analysis.near import anatomy, near_clusters
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import ULP_NAN

@@ -10,7 +10,7 @@ import gguf
 import numpy as np
 import pytest
 
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 from blackholes.errors import BlackholesError
 from blackholes.sources.ollama import (
     MODEL_MEDIA_TYPE,

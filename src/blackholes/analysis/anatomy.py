@@ -10,7 +10,7 @@ In order, each step only when asked or possible:
 3. **indicators** (``indicators=True``): Magikarp's weight indicators and the candidates
    (:mod:`blackholes.analysis.indicators`), whose tokens are then categorised too.
 
->>> from blackholes.analysis.groups import find_groups
+>>> from blackholes.analysis.exact import find_groups
 >>> from blackholes.sources.load import as_matrix
 >>> x = np.float32([[1, 2], [1, 2], [1, 2.0000002], [5, 6]])
 >>> dead = dead_vocabulary(as_matrix(x), find_groups(x), near=1)

@@ -16,7 +16,7 @@ decides it). This module follows that partition through the whole recording:
 How it stays fast (one pass over the memory map, ~4 MB of records at a time):
 consecutive records are compared word for word first, and a record in which no
 row changed has its predecessor's partition (no hashing at all). The other
-records are hashed together (:func:`~blackholes.analysis.groups.hash_rows`),
+records are hashed together (:func:`~blackholes.analysis.exact.hash_rows`),
 each record's hashes are sorted (one ``argsort`` over ``[records, V]``), and
 every row is then compared byte for byte with its group's first row; a record
 where a hash collision joined different rows is regrouped exactly by sorting its
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from blackholes.analysis.groups import hash_rows
+from blackholes.analysis.exact import hash_rows
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import STORAGE_DTYPES
 

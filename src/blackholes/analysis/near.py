@@ -4,7 +4,7 @@ Two rows are *near* when every coordinate is within ``k`` ULPs (L-infinity in UL
 counted on the grid the values live on (:func:`~blackholes.io.dtypes.grid_of`: the
 storage dtype, or BF16 when every value of an F32 matrix is a bf16 value). A *cluster*
 is a connected component of "near"; an exact hole (bit identity, from
-:func:`~blackholes.analysis.groups.find_groups`) is a cluster at ``k = 0``. The *halo*
+:func:`~blackholes.analysis.exact.find_groups`) is a cluster at ``k = 0``. The *halo*
 of a hole is the non-hole rows of its cluster.
 
 >>> x = np.float32([[1, 2], [1, 2], [1, 2.0000002], [5, 6], [7, 8]])
@@ -299,7 +299,7 @@ def near_clusters(array, dtype: str, k: int, *, groups=None, grid: str | None = 
     t0 = time.perf_counter()
     grid = check_float_dtype(grid) if grid is not None else grid_of(array, dtype)
     if groups is None:
-        from blackholes.analysis.groups import find_groups
+        from blackholes.analysis.exact import find_groups
 
         groups = find_groups(array)
     groups = _check_groups(groups, array)

@@ -29,7 +29,7 @@ seed) have non-decreasing rounded values, for every σ. Hence:
   other rows are told apart by their *excursions* (dimension, value) — few when σ is
   small: grouped by a hash of the excursion list, every match then verified exactly. When
   excursions are many (large σ) the rows are instead refined block by block of the
-  busiest dimensions with :func:`~blackholes.analysis.groups.find_groups`, keeping only
+  busiest dimensions with :func:`~blackholes.analysis.exact.find_groups`, keeping only
   rows that are still tied, which stops after a block or two.
 
 Identity is always bit identity of the rounded values (the formula itself is evaluated,
@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import bf16_from_float32, ulp_key
 

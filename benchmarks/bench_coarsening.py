@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 from blackholes.io.dtypes import bf16_from_float32, to_float32, ulp_key
 from blackholes.pipelines import coarsening as C
 

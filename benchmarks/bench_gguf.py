@@ -129,7 +129,7 @@ out = {}
 """,
     "find_groups(load_gguf(path).array)": """
 import time, gguf
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 from blackholes.sources.gguf import load_gguf
 t0 = time.perf_counter()
 found = find_groups(load_gguf(PATH).array)

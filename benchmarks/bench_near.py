@@ -185,7 +185,7 @@ CONTENDERS = {
     "find_groups": """
 import time
 from blackholes.sources import load_matrix
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 m = load_matrix(PATH)
 t0 = time.perf_counter()
 groups = find_groups(m.array)
@@ -194,7 +194,7 @@ out = {"holes": len(groups)}
     "find_groups + near (k=8)": """
 import time
 from blackholes.sources import load_matrix
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 from blackholes.analysis.near import near_clusters, anatomy
 from blackholes.io.dtypes import grid_of
 m = load_matrix(PATH)

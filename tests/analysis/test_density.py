@@ -223,7 +223,7 @@ def test_one_column_matrix_is_a_clear_error(tmp_path, capsys):
 
 def test_ids_from_mask_groups_raw_bits_with_scan_find_groups(monkeypatch):
     """Group ids of a mask without black_hole_id: scan's grouping, checked against a tobytes() dict."""
-    import blackholes.analysis.groups
+    import blackholes.analysis.exact
     from blackholes.analysis.density import _ids_from_mask
 
     rng = np.random.default_rng(5)
@@ -236,8 +236,8 @@ def test_ids_from_mask_groups_raw_bits_with_scan_find_groups(monkeypatch):
     mask = np.zeros(400, bool)
     mask[5:130] = True
     calls = []
-    real = blackholes.analysis.groups.find_groups
-    monkeypatch.setattr(blackholes.analysis.groups, "find_groups", lambda a, **kw: calls.append(a.shape) or real(a, **kw))
+    real = blackholes.analysis.exact.find_groups
+    monkeypatch.setattr(blackholes.analysis.exact, "find_groups", lambda a, **kw: calls.append(a.shape) or real(a, **kw))
     ids = _ids_from_mask(x, mask)
     assert calls == [(125, 6)]  # one call, on the masked rows only
 

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from blackholes.analysis import lifecycle
-from blackholes.analysis.groups import hash_rows
+from blackholes.analysis.exact import hash_rows
 from blackholes.analysis.lifecycle import census, census_of_recording
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import save_safetensors

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from blackholes.analysis.groups import find_groups
+from blackholes.analysis.exact import find_groups
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import bf16_from_float32, to_float32
 from blackholes.sources.gguf import (
@@ -323,11 +323,37 @@ def test_split_files_are_read_as_one_model(tmp_path):
     assert [p.name for p in open_gguf_model(folder / shards[1]).shards] == shards
 
 
-def test_split_files_read_only_the_headers_they_need(tmp_path):
+def test_split_files_read_the_named_part_first_and_map_only_the_chosen_tensor(tmp_path):
     folder, _, _ = split_model(tmp_path)
-    model = open_gguf_model(folder / "model-00001-of-00003.gguf")
+    model = open_gguf_model(folder / "model-00002-of-00003.gguf")
+    assert model.headers[0] is None and model.headers[1] is not None and model.headers[2] is None
+    # finding a tensor reads every part's directory (a tensor in two parts is refused), no tensor data
     assert model.find("token_embd.weight").path.name == "model-00001-of-00003.gguf"
-    assert model.headers[1] is None and model.headers[2] is None
+    m = load_gguf(folder / "model-00002-of-00003.gguf", matrix="input")
+    assert m.path.name == "model-00001-of-00003.gguf" and isinstance(m.array, np.memmap)
+    assert [p.name for p in m.inputs] == [f"model-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def test_split_names_that_cannot_be_and_a_tensor_in_two_parts_are_refused(tmp_path):
+    folder, _, _ = split_model(tmp_path)
+    first = folder / "model-00001-of-00003.gguf"
+    for name, words in (("model-00004-of-00003.gguf", "part 4 of 3"), ("model-00001-of-00000.gguf", "part 1 of 0"),
+                        ("model-00000-of-00003.gguf", "part 0 of 3")):
+        (folder / name).write_bytes(first.read_bytes())
+        assert words in one_line_error(lambda: load_gguf(folder / name))
+    # the third part of another split whose tensors are in another order: output.weight twice
+    other = tmp_path / "other"
+    other.mkdir()
+    emb = np.ones((12, 64), np.float32)
+    write_gguf(other / "model.gguf", {"token_embd.weight": (emb, "F32"), "blk.0.ffn_up.weight": (emb, "F32"),
+                                      "output.weight": (emb, "F32")}, split_max_tensors=1)
+    twice = tmp_path / "twice"
+    twice.mkdir()
+    write_gguf(twice / "model.gguf", {"token_embd.weight": (emb, "F32"), "output.weight": (emb, "F32"),
+                                      "blk.0.ffn_up.weight": (emb, "F32")}, split_max_tensors=1)
+    (twice / "model-00003-of-00003.gguf").write_bytes((other / "model-00003-of-00003.gguf").read_bytes())
+    for part in (1, 2, 3):
+        assert "in two parts" in one_line_error(lambda: load_gguf(twice / f"model-0000{part}-of-00003.gguf"))
 
 
 def test_split_files_missing_or_misnamed_parts_are_refused(tmp_path):

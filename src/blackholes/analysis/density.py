@@ -194,10 +194,12 @@ def pca_sets(
     try:  # the bar is closed on an error too, so the error's line stands alone
         for it in range(n_iter):  # subspace iteration on C^T W C, C = X - 1 mean^T, never formed
             start = omega
-            omega, moments = _subspace_pass(reader, sel, start, moments)
-            if it == 0:
-                if reader.rescale(moments["sq_norms"]):  # extreme values: the first pass again, scaled
+            # the first pass meets NaN / inf rows before they are counted and refused: no numpy warnings
+            with np.errstate(**({"all": "ignore"} if it == 0 else {})):
+                omega, moments = _subspace_pass(reader, sel, start, moments)
+                if it == 0 and reader.rescale(moments["sq_norms"]):  # extreme values: first pass again, scaled
                     omega, moments = _subspace_pass(reader, sel, start, None)
+            if it == 0:
                 _check_finite(moments["sq_norms"])
             bar.update(1)
         z, dots = _final_pass(reader, omega, moments["means"])
@@ -604,7 +606,9 @@ def density_map(
         raise BlackholesError("give either a mask or auto_mask=True, not both")
     t0 = time.perf_counter()
     array, dtype, src, tensor_key, loaded = _resolve(source, key=key, matrix=matrix, dtype=dtype)
-    V, D = array.shape
+    # a block-quantised matrix is projected from its values (dequantised chunk by chunk), never its bytes
+    values, values_dtype = (loaded.values(), "F32") if getattr(loaded, "dequantize", None) else (array, dtype)
+    V, D = values.shape
     seconds = {"load": time.perf_counter() - t0}
 
     mask_source = None
@@ -635,7 +639,8 @@ def density_map(
     t = time.perf_counter()
     # an empty mask would only repeat the first map
     sets = [None] if mask is None or not mask.any() else [None, ~mask]
-    projections, norms = pca_sets(array, dtype, rows=sets, k=2, n_iter=n_iter, seed=seed, progress=progress)
+    projections, norms = pca_sets(values, values_dtype, rows=sets, k=2, n_iter=n_iter, seed=seed,
+                                  progress=progress)
     seconds["pca"] = time.perf_counter() - t
 
     full = projections[0]
@@ -669,13 +674,13 @@ def _ids_from_mask(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Group ids for masked rows by their raw bits (a mask file without ``black_hole_id``).
 
     Id 1 = largest group of identical masked rows (ties: smallest row first, as
-    :func:`blackholes.scan.find_groups` orders them); masked rows that match no
+    :func:`blackholes.analysis.exact.find_groups` orders them); masked rows that match no
     other masked row follow, one id each, in row order.
 
     >>> _ids_from_mask(np.array([[1], [2], [1], [3]], np.float32), np.array([True, True, True, False]))
     array([1, 2, 1, 0])
     """
-    from blackholes.analysis.groups import find_groups
+    from blackholes.analysis.exact import find_groups
 
     ids = np.zeros(mask.shape[0], dtype=np.int64)
     rows = np.flatnonzero(mask)

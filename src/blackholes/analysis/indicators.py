@@ -168,9 +168,7 @@ class _TappedRows:
 def _float32_rows(matrix, start: int, stop: int) -> np.ndarray:
     """Rows ``start:stop`` as float32 values: float32 storage is used in place (a view of the
     memory map; ``Matrix.float_rows`` copies it), everything else through ``float_rows``."""
-    if matrix.dequantize is None and matrix.dtype == "F32" and matrix.array.dtype == np.float32:
-        return matrix.array[start:stop]
-    return matrix.float_rows(start, stop)
+    return matrix.value_rows(start, stop)
 
 
 def _runs(ids: np.ndarray) -> list[tuple[int, int]]:

@@ -50,6 +50,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="run on a Dask cluster, e.g. tcp://HOST:8786 (default: $DASK_SCHEDULER_ADDRESS)")
     g.add_argument("--redo", action="store_true", help="scan again the models DIR already has")
     g.add_argument("--quiet", action="store_true", help="print only the summary's location (and errors)")
+    from blackholes.cli.scan import value_may_precede_source
+
+    value_may_precede_source(p, "--near")  # `census --near model.safetensors --out DIR`
     return p
 
 

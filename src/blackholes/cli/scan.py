@@ -57,12 +57,43 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="write report.html and report.md (with plots) into DIR")
     p.add_argument("--top", type=int, default=10, metavar="N", help="largest groups to print (default 10)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    value_may_precede_source(p, "--near")
     return p
 
 
+def value_may_precede_source(p: argparse.ArgumentParser, flag: str) -> None:
+    """Let a flag whose value is optional stand right before SOURCE: ``scan --near model.safetensors``
+    is ``--near`` with its default K and the path as SOURCE (argparse alone would take the path as K
+    and answer with its usage text). A value that is an integer stays the flag's value."""
+    parse = p.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):
+        import sys
+
+        args = list(sys.argv[1:] if args is None else args)
+        for i in range(len(args) - 1):
+            if args[i] == "--":
+                break
+            if args[i] == flag and not args[i + 1].startswith("-") and not _is_int(args[i + 1]):
+                args[i : i + 2] = [args[i + 1], flag]
+                break
+        return parse(args, namespace)
+
+    p.parse_known_args = parse_known_args
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True
+
+
 def matrix_files(m) -> list:
-    """Every local file loading ``m`` read, and for a model folder its other weights too."""
-    files = [m.path, m.tokenizer]
+    """Every local file loading ``m`` read (``Matrix.read_files``: shards, manifest, config, index, cache
+    entries), and for a model folder its other weights too: what no output may overwrite."""
+    files = m.read_files()
     if m.path is not None and not Path(m.source).expanduser().is_file():  # a folder or a cached id
         folder = m.path.parent
         files += [folder / "config.json", folder / "model.safetensors.index.json"]

@@ -95,10 +95,9 @@ def header_length(head: bytes, size: int, where) -> int:
 def parse_header(raw: bytes, size: int, where) -> Header:
     """Validate the JSON header ``raw`` of a file of ``size`` bytes (``where`` names it:
     a path, or a URL for a remote file); every tensor must lie inside the file."""
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BlackholesError(f"not a safetensors file (corrupt JSON header): {where}") from None
+    from blackholes.io.untrusted import parse_json
+
+    doc = parse_json(raw, what=f"not a safetensors file (corrupt JSON header): {where}")
     if not isinstance(doc, dict):
         raise BlackholesError(f"not a safetensors file (header is not a JSON object): {where}")
     data_start = 8 + len(raw)

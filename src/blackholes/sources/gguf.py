@@ -24,7 +24,6 @@ import math
 import mmap
 import re
 import struct
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from blackholes.errors import BlackholesError
-from blackholes.sources.matrix import Matrix, Vocabulary, row_chunks
+from blackholes.sources.gguf_vocab import StringArray, gguf_vocabulary
+from blackholes.sources.matrix import Matrix, row_chunks
 from blackholes.sources.names import short_list
 
 INPUT_NAME = "token_embd.weight"
@@ -42,7 +42,7 @@ MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # version 1 (32-bit counts) predates every model in circulation
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4  # GGML_MAX_DIMS
-TOKENS_KEY = "tokenizer.ggml.tokens"
+MAX_NESTING = 8  # arrays of arrays of ...: llama.cpp writes none deeper than 2
 
 # GGUF metadata value types (gguf.GGUFValueType): id -> struct format, numpy dtype; 8 = string, 9 = array
 _SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
@@ -60,9 +60,6 @@ PLAIN_TYPES = {
     "I32": ("<i4", "I32"),
     "I64": ("<i8", "I64"),
 }
-
-# llama.cpp's token types (gguf.TokenType), as the JSON names them
-TOKEN_TYPES = {0: "undefined", 1: "normal", 2: "unknown", 3: "control", 4: "user_defined", 5: "unused", 6: "byte"}
 
 
 # ---------------------------------------------------------------------------- header
@@ -103,68 +100,6 @@ class GGUFHeader:
     size: int
     metadata: dict[str, Any] = field(default_factory=dict)
     tensors: dict[str, GGUFTensor] = field(default_factory=dict)
-
-
-class StringArray(Sequence):
-    """A GGUF string array, kept as its bytes and decoded one string at a time on access.
-
-    Decoding 150k tokens up front costs more than scanning their embedding matrix.
-    ``starts[i] - base`` is where string i's 8-byte length field lies in ``data``.
-
-    >>> a = StringArray(b"\\x02" + bytes(7) + b"hi" + b"\\x00" + bytes(7), [0, 10])
-    >>> len(a), a[0], a[-1], list(a), a[:1]
-    (2, 'hi', '', ['hi', ''], ['hi'])
-    """
-
-    def __init__(self, data: bytes, starts, base: int = 0):
-        self.data, self.starts, self.base = data, starts, base
-
-    def __len__(self) -> int:
-        return len(self.starts)
-
-    def raw(self, i: int) -> bytes:
-        i = range(len(self.starts))[i]  # negative indices, IndexError
-        stop = self.starts[i + 1] - self.base if i + 1 < len(self.starts) else len(self.data)
-        return self.data[self.starts[i] - self.base + 8 : stop]
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(len(self))[i]]
-        return self.raw(i).decode("utf-8", "replace")
-
-    def __iter__(self):
-        for i in range(len(self.starts)):
-            yield self.raw(i).decode("utf-8", "replace")
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    def __repr__(self) -> str:
-        return f"StringArray({len(self)} strings)"
-
-
-class Mapped(Sequence):
-    """``fn(i)`` for ``i`` in ``range(n)``, computed on access (token text and type names)."""
-
-    def __init__(self, n: int, fn):
-        self.n, self.fn = n, fn
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self.fn(j) for j in range(self.n)[i]]
-        return self.fn(range(self.n)[i])
-
-    def __iter__(self):
-        return map(self.fn, range(self.n))
-
-    def __eq__(self, other) -> bool:
-        return isinstance(other, Sequence) and list(self) == list(other)
-
-    def __repr__(self) -> str:
-        return f"Mapped({self.n} items)"
 
 
 class _Corrupt(Exception):
@@ -260,7 +195,7 @@ def _read_metadata(cur: _Cursor, n_kv: int) -> dict[str, Any]:
     return metadata
 
 
-def _value(cur: _Cursor, vtype: int, key: str):
+def _value(cur: _Cursor, vtype: int, key: str, depth: int = 0):
     if vtype in _SCALARS:
         return cur.scalar(_SCALARS[vtype], f"value of {key!r}")
     if vtype == _STRING:
@@ -272,8 +207,10 @@ def _value(cur: _Cursor, vtype: int, key: str):
         return _numeric_array(cur, itype, key)
     if itype == _STRING:
         return _string_array(cur, key)
-    if itype == _ARRAY:
-        return [_value(cur, _ARRAY, key) for _ in range(cur.count(f"length of {key!r}", 12))]
+    if itype == _ARRAY:  # arrays of arrays: the recursion is bounded by MAX_NESTING
+        if depth >= MAX_NESTING:
+            raise _Corrupt(f"metadata {key!r} nests arrays more than {MAX_NESTING} deep")
+        return [_value(cur, _ARRAY, key, depth + 1) for _ in range(cur.count(f"length of {key!r}", 12))]
     raise _Corrupt(f"unknown metadata element type {itype} for {key!r}")
 
 
@@ -372,10 +309,11 @@ def ggml_block(type_name: str) -> tuple[int, int]:
 
 @dataclass
 class GGUFModel:
-    """A GGUF model: one file, or the shards of a split one, headers read as needed."""
+    """A GGUF model: one file, or the shards of a split one, each shard's header read once."""
 
     shards: list[Path]
     headers: list[GGUFHeader | None]
+    _where: dict[str, int] | None = None  # tensor name -> the shard holding it
 
     @property
     def first(self) -> GGUFHeader:
@@ -387,18 +325,35 @@ class GGUFModel:
         return self.headers[i]
 
     def find(self, name: str) -> GGUFHeader | None:
-        """The header of the shard holding tensor ``name``, reading shard headers in order."""
-        for i in range(len(self.shards)):
-            if name in self.header(i).tensors:
-                return self.header(i)
-        return None
+        """The header of the shard holding tensor ``name`` (None if none does)."""
+        i = self._index().get(name)
+        return None if i is None else self.header(i)
 
     def names(self) -> list[str]:
-        return [n for i in range(len(self.shards)) for n in self.header(i).tensors]
+        return list(self._index())
+
+    def _index(self) -> dict[str, int]:
+        """Where each tensor lies, every shard's directory read; a tensor in two shards is refused,
+        as within one file (which copy would be scanned would depend on the order of reading)."""
+        if self._where is None:
+            where: dict[str, int] = {}
+            for i in range(len(self.shards)):
+                for name in self.header(i).tensors:
+                    if name in where:
+                        raise BlackholesError(
+                            f"split GGUF {self.shards[i].name}: tensor {name!r} is in two parts "
+                            f"({self.shards[where[name]].name} and {self.shards[i].name}); which one is meant?"
+                        )
+                    where[name] = i
+            self._where = where
+        return self._where
 
 
 def open_gguf_model(path: str | Path) -> GGUFModel:
     """A GGUF file, or any shard of a split model (``name-00002-of-00003.gguf``): the whole model.
+
+    The part number and count in the name must fit (1 <= part <= count), every part must be
+    there, and the named file's own ``split.*`` metadata must agree with its name.
 
     >>> open_gguf_model("qwen-00002-of-00003.gguf").shards[0].name   # doctest: +SKIP
     'qwen-00001-of-00003.gguf'
@@ -416,12 +371,19 @@ def open_gguf_model(path: str | Path) -> GGUFModel:
                 f"-NNNNN-of-{count:05d}.gguf, so the other parts cannot be found"
             )
         return model
-    count = int(split["count"])
+    no, count = int(split["no"]), int(split["count"])
+    if not 1 <= no <= count:
+        raise BlackholesError(f"split GGUF {path.name}: part {no} of {count} cannot be (parts are numbered "
+                              f"1 to the count); rename it as its metadata says")
     shards = [path.with_name(f"{split['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
-        raise BlackholesError(f"split GGUF {path.name}: missing part(s) {', '.join(missing[:5])} in {path.parent}")
-    return GGUFModel(shards, [None] * count)
+        more = f" and {len(missing) - 5:,} more" if len(missing) > 5 else ""
+        raise BlackholesError(
+            f"split GGUF {path.name}: missing part(s) {', '.join(missing[:5])}{more} in {path.parent}")
+    model = GGUFModel(shards, [None] * count)
+    model.header(no - 1)  # the file named is checked first: its metadata must agree with its name
+    return model
 
 
 def _split_count(header: GGUFHeader) -> int:
@@ -434,9 +396,10 @@ def _split_count(header: GGUFHeader) -> int:
 def _checked_shard(header: GGUFHeader, i: int, count: int) -> GGUFHeader:
     """A shard's own split.* metadata must agree with its place in the file names."""
     if count == 1:
+        _split_count(header)
         return header
     found = (header.metadata.get("split.no"), header.metadata.get("split.count"))
-    if found != (i, count):
+    if found != (i, count) or any(isinstance(v, bool) for v in found):
         raise BlackholesError(
             f"{header.path.name} is named part {i + 1} of {count}, but its metadata says split.no={found[0]!r}, "
             f"split.count={found[1]!r}"
@@ -533,9 +496,10 @@ def load_gguf(path: str | Path, key: str | None = None, matrix: str | None = Non
         format="gguf",
         quantization=tensor.type_name if quantized else None,
         width=width if quantized else None,
-        vocabulary=gguf_vocabulary(model.first.metadata),
+        vocabulary=gguf_vocabulary(model.first.metadata, str(model.shards[0])),
         tied=_matrices(model)["tied"],
         dequantize=dequantizer(tensor.type_name, width) if quantized else None,
+        inputs=tuple(model.shards),  # every part is read (its header at least): none may be overwritten
     )
 
 
@@ -590,91 +554,3 @@ def dequantizer(type_name: str, width: int):
         return out
 
     return dequantize
-
-
-# ---------------------------------------------------------------------------- vocabulary
-
-
-def gguf_vocabulary(metadata: dict) -> Vocabulary | None:
-    """Token pieces, their text and types from ``tokenizer.ggml.*`` metadata (None without tokens).
-
-    ``pieces``, ``text`` and ``types`` are sequences decoded on access (``list()`` them
-    for JSON): a scan needs the strings of a few thousand rows, not of every token.
-
-    >>> tokens = StringArray(b"\\x05" + bytes(7) + "Ġthe".encode() + b"\\x03" + bytes(7) + b"<s>", [0, 13])
-    >>> v = gguf_vocabulary({"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
-    ...                      "tokenizer.ggml.token_type": np.array([1, 3])})
-    >>> list(v.pieces), list(v.text), list(v.types)
-    (['Ġthe', '<s>'], [' the', '<s>'], ['normal', 'control'])
-    """
-    pieces = metadata.get(TOKENS_KEY)
-    if not isinstance(pieces, StringArray):
-        return None
-    model = metadata.get("tokenizer.ggml.model")
-    model = model if isinstance(model, str) else None
-    ids = metadata.get("tokenizer.ggml.token_type")
-    has_types = isinstance(ids, np.ndarray) and ids.ndim == 1 and len(ids) == len(pieces)
-    types = Mapped(len(pieces), lambda i: _type_name(int(ids[i]))) if has_types else None
-    decode = _DECODERS.get(model, _raw_text)
-    text = Mapped(len(pieces), lambda i: decode(pieces[i], types[i] if types is not None else "normal"))
-    return Vocabulary(pieces, text, types, model)
-
-
-def _type_name(type_id: int) -> str:
-    return TOKEN_TYPES.get(type_id, f"type_{type_id}")
-
-
-def _raw_text(piece: str, kind: str) -> str | None:
-    return None if "\ufffd" in piece else piece
-
-
-def _byte_level_table() -> dict[int, str]:
-    """str.translate table undoing GPT-2's byte -> printable-character map (``Ġ`` -> byte 0x20).
-
-    GPT-2 keeps the printable latin-1 bytes as themselves and moves every other byte b,
-    in order, to chr(256 + n). Characters 0-255 outside the map become U+FFFF so that
-    a piece that is not byte-level text fails to encode as latin-1.
-    """
-    kept = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    table = {b: chr(b) for b in kept}
-    moved = [b for b in range(256) if b not in table]
-    table.update({256 + n: chr(b) for n, b in enumerate(moved)})
-    table.update({b: "\uffff" for b in moved})
-    return table
-
-
-_BYTE_LEVEL = _byte_level_table()
-
-
-def _byte_level_text(piece: str, kind: str) -> str | None:
-    """A byte-level BPE piece as the tokenizer decodes it: ``Ġthe`` -> ``" the"``.
-
-    Control and user-defined tokens are stored as plain text (llama.cpp copies them
-    as they are); a piece whose bytes are not whole UTF-8 text alone gives None.
-    """
-    if kind in ("control", "user_defined", "unknown"):
-        return _raw_text(piece, kind)
-    try:
-        return piece.translate(_BYTE_LEVEL).encode("latin-1").decode("utf-8")
-    except UnicodeEncodeError:  # not byte-level encoded (an added token typed "normal")
-        return _raw_text(piece, kind)
-    except UnicodeDecodeError:  # a piece of a multi-byte character
-        return None
-
-
-_BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
-
-
-def _sentencepiece_text(piece: str, kind: str) -> str | None:
-    """A SentencePiece piece: ``▁the`` -> ``" the"``; ``<0x0A>`` -> ``"\\n"`` (None for bytes >= 0x80)."""
-    byte = _BYTE_PIECE.match(piece)
-    if byte is not None and kind in ("byte", "normal"):
-        value = int(byte[1], 16)
-        return chr(value) if value < 0x80 else None
-    if kind in ("control", "user_defined", "unknown"):
-        return _raw_text(piece, kind)
-    text = _raw_text(piece, kind)
-    return text.replace("\u2581", " ") if text is not None else None
-
-
-_DECODERS = {"gpt2": _byte_level_text, "llama": _sentencepiece_text, "t5": _sentencepiece_text}

@@ -6,13 +6,15 @@ of a sharded model only the shard that holds it is opened.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import Header, TensorInfo, map_tensor, read_header, tensor_info
+from blackholes.io.untrusted import parse_json
 from blackholes.sources.matrix import Matrix
 from blackholes.sources.names import pick_in_file, pick_in_model, short_list
+
+JSON_LIMIT = 64 << 20  # a model's config.json or index larger than this is refused
 
 
 def check_2d(info: TensorInfo, path: Path) -> None:
@@ -36,8 +38,9 @@ def load_file(path: Path, key: str | None, matrix: str | None, step: int | None 
     return _matrix(header, key, folder=path.parent, matrix=matrix, note=note)
 
 
-def _matrix(header: Header, key: str, *, folder: Path, matrix: str | None, note: str) -> Matrix:
-    """Memory-map ``key`` as a 2-D Matrix, with the tokenizer.json found in ``folder``."""
+def _matrix(header: Header, key: str, *, folder: Path, matrix: str | None, note: str, inputs=()) -> Matrix:
+    """Memory-map ``key`` as a 2-D Matrix, with the tokenizer.json found in ``folder``; ``inputs``:
+    the other files read to find it (config, index, shards)."""
     info = tensor_info(header, key)
     check_2d(info, header.path)
     tok = folder / "tokenizer.json"
@@ -50,6 +53,7 @@ def _matrix(header: Header, key: str, *, folder: Path, matrix: str | None, note:
         tokenizer=tok if tok.is_file() else None,
         matrix=matrix,
         note=note,
+        inputs=tuple(inputs),
     )
 
 
@@ -84,6 +88,8 @@ def _recording_step(header: Header, step: int | None) -> Matrix:
 
 def read_json(path: Path) -> dict:
     try:
+        if path.stat().st_size > JSON_LIMIT:
+            raise BlackholesError(f"cannot read {path}: larger than {JSON_LIMIT:,} bytes, not a model's JSON file")
         raw = path.read_bytes()
     except OSError as e:
         raise BlackholesError(f"cannot read {path}: {e.strerror or e}") from None
@@ -96,10 +102,7 @@ def json_object(raw: bytes, where) -> dict:
     >>> json_object(b'{"tie_word_embeddings": true}', "config.json")
     {'tie_word_embeddings': True}
     """
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BlackholesError(f"cannot read {where}: not JSON") from None
+    doc = parse_json(raw, what=f"cannot read {where}", max_bytes=JSON_LIMIT)
     if not isinstance(doc, dict):
         raise BlackholesError(f"unexpected contents (not a JSON object): {where}")
     return doc
@@ -130,6 +133,9 @@ def load_folder(folder: Path, key: str | None, matrix: str | None) -> Matrix:
 
     config_path = folder / "config.json"
     config = read_json(config_path) if config_path.is_file() else {}
+    read = [p for p in (index, single, config_path) if p.is_file()]
+    if weight_map is not None:  # every shard the index names: any may be read to pick the matrix
+        read += [folder / _shard_name(weight_map, k, folder) for k in keys]
     if key is not None:
         note = "--key"
     else:
@@ -140,14 +146,15 @@ def load_folder(folder: Path, key: str | None, matrix: str | None) -> Matrix:
         path = folder / _shard_name(weight_map, key, folder)  # the one shard holding it
     else:
         path = single
-    return _matrix(read_header(path), key, folder=folder, matrix=matrix or "output", note=note)
+    return _matrix(read_header(path), key, folder=folder, matrix=matrix or "output", note=note,
+                   inputs=dict.fromkeys(read))
 
 
 def _shard_name(weight_map: dict, key: str, folder: Path) -> str:
     shard = weight_map[key]
-    if not isinstance(shard, str) or not shard:
+    if not isinstance(shard, str) or not shard or shard.startswith("/") or ".." in shard.split("/"):
         index = folder / "model.safetensors.index.json"
-        raise BlackholesError(f"corrupt weight_map in {index}: {key!r} maps to {shard!r}, not a file name")
+        raise BlackholesError(f"corrupt weight_map in {index}: {key!r} maps to {shard!r}, not a file of the model")
     return shard
 
 

@@ -68,11 +68,22 @@ class Matrix:
     bytes_read: int | None = None  # bytes fetched over the network (remote sources)
     url: str | None = None  # the remote file's URL (remote sources)
     dequantize: Callable[[np.ndarray], np.ndarray] | None = None  # stored rows -> float32 values
+    inputs: tuple[Path, ...] = ()  # the other local files loading it read: shards, manifest, config, cache entry
 
     @property
     def shape(self) -> tuple[int, int]:
         """(rows, values per row)."""
         return (int(self.array.shape[0]), int(self.width if self.width is not None else self.array.shape[1]))
+
+    def read_files(self) -> list[Path]:
+        """Every local file this matrix was read from (the tensor's file, the tokenizer beside it,
+        shards, manifests, config, index, cache entries): what no output may overwrite.
+
+        >>> Matrix(np.zeros((2, 2), np.float32), "F32", "m", Path("m.safetensors"), "x",
+        ...        inputs=(Path("config.json"),)).read_files()
+        [PosixPath('m.safetensors'), PosixPath('config.json')]
+        """
+        return [p for p in dict.fromkeys((self.path, self.tokenizer, *self.inputs)) if p is not None]
 
     def float_rows(self, start: int, stop: int) -> np.ndarray:
         """float32 values of rows ``start:stop`` (widened, or dequantised with the format's own code).
@@ -85,6 +96,48 @@ class Matrix:
         from blackholes.io.dtypes import to_float32
 
         return to_float32(rows, self.dtype)
+
+    def value_rows(self, start: int, stop: int) -> np.ndarray:
+        """Like :meth:`float_rows`, but float32 storage comes back as a view of the memory map (no copy)."""
+        if self.dequantize is None and self.array.dtype == np.float32:
+            return self.array[start:stop]
+        return self.float_rows(start, stop)
+
+    def values(self) -> "RowValues":
+        """The rows as values: a ``[rows, width]`` float32 array-like read a slice at a time (block-
+        quantised rows dequantised by the format's own code), for every analysis that needs values
+        (never the stored bytes of a quantised row).
+
+        >>> v = Matrix(np.ones((4, 3), np.float16), "F16", source="ones", path=None, key="x").values()
+        >>> v.shape, v.dtype, v[1:3].dtype, v[[0, 2]].shape
+        ((4, 3), dtype('float32'), dtype('float32'), (2, 3))
+        """
+        return RowValues(self)
+
+
+class RowValues:
+    """A :class:`Matrix`'s values as a read-only float32 array-like: ``shape``, ``dtype``,
+    ``len()``, and rows by slice, index or index array (read run by run, never all at once)."""
+
+    def __init__(self, matrix: Matrix):
+        self.matrix, self.shape, self.ndim, self.dtype = matrix, matrix.shape, 2, np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice) and key.step in (None, 1):
+            start, stop, _ = key.indices(self.shape[0])
+            return self.matrix.value_rows(start, max(start, stop))
+        if isinstance(key, (int, np.integer)):
+            return self[range(self.shape[0])[key] : range(self.shape[0])[key] + 1][0]
+        ids = np.arange(self.shape[0])[key]  # negative ids, masks and bad ids as numpy treats them
+        out = np.empty((len(ids), self.shape[1]), np.float32)
+        cuts = np.flatnonzero(np.diff(ids) != 1) + 1  # runs of consecutive rows: one read each
+        for part in np.split(np.arange(len(ids)), cuts):
+            if len(part):
+                out[part] = self.matrix.value_rows(int(ids[part[0]]), int(ids[part[-1]]) + 1)
+        return out
 
 
 def row_chunks(rows: int, row_bytes: int, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, int]]:

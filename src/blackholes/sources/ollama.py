@@ -15,12 +15,12 @@ to an Ollama server or downloads anything.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
 
 from blackholes.errors import BlackholesError
+from blackholes.io.untrusted import parse_json
 from blackholes.sources.gguf import load_gguf
 from blackholes.sources.matrix import Matrix
 
@@ -29,6 +29,7 @@ DEFAULT_REGISTRY = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
 DEFAULT_TAG = "latest"
 MODEL_MEDIA_TYPE = "application/vnd.ollama.image.model"
+MANIFEST_LIMIT = 1 << 20  # an OCI manifest is a few hundred bytes
 DIGEST = re.compile(r"^sha256[:-]([0-9a-f]{64})$")
 
 
@@ -101,7 +102,7 @@ def resolve_ollama(
             f"no Ollama model store at {root} (set OLLAMA_MODELS to the folder holding manifests/ and blobs/)"
         )
     parts = parse_ollama_name(name)
-    manifest = root / "manifests" / Path(*parts)
+    manifest = manifest_path(name, root)
     if not manifest.is_file():
         there = list_ollama_models(root)
         listed = ", ".join(there[:30]) + (f", ... ({len(there)} in all)" if len(there) > 30 else "")
@@ -114,12 +115,24 @@ def resolve_ollama(
     return blob, digest
 
 
+def manifest_path(name: str, store: str | os.PathLike | None = None) -> Path:
+    """Where the manifest of ``ollama:NAME[:TAG]`` lies in the store (it may not exist).
+
+    >>> manifest_path("ollama:smollm2:135m", "/store").as_posix()
+    '/store/manifests/registry.ollama.ai/library/smollm2/135m'
+    """
+    return ollama_store(store) / "manifests" / Path(*parse_ollama_name(name))
+
+
 def model_layer(manifest: Path) -> tuple[str, int | None]:
     """(digest, size) of the manifest's model layer (the last one, as Ollama itself takes)."""
     try:
-        doc = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BlackholesError(f"cannot read Ollama manifest {manifest}: {getattr(e, 'strerror', None) or e}") from None
+        if manifest.stat().st_size > MANIFEST_LIMIT:
+            raise BlackholesError(f"Ollama manifest {manifest} is larger than {MANIFEST_LIMIT:,} bytes; not a manifest")
+        raw = manifest.read_bytes()
+    except OSError as e:
+        raise BlackholesError(f"cannot read Ollama manifest {manifest}: {e.strerror or e}") from None
+    doc = parse_json(raw, what=f"cannot read Ollama manifest {manifest}")
     layers = doc.get("layers") if isinstance(doc, dict) else None
     if not isinstance(layers, list):
         raise BlackholesError(f"Ollama manifest {manifest} has no list of layers")
@@ -170,6 +183,7 @@ def load_ollama(
     """
     blob, digest = resolve_ollama(source, store)
     m = load_gguf(blob, key, matrix)
+    m.inputs = (manifest_path(source, store), *m.inputs)
     m.source = source
     m.revision = f"sha256:{digest}"
     return m

@@ -42,7 +42,6 @@ never a float distance); the tests compare every count with a brute-force refere
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -64,6 +63,7 @@ DEFAULT_SEEDS = "0,1,2"
 SPARSE_PER_ROW = 24  # excursions per row below which the sparse grouping is cheaper than the dense one
 DENSE_BLOCK = 48  # dimensions per refinement block of the dense grouping
 SIGMA_CHUNK = 64  # σ values bisected together
+TARGET_LIMIT = 256 << 20  # a --target scan JSON larger than this is refused (a scan JSON is kilobytes)
 MAX_ELEMENTS = 100_000_000  # N × D at most: 16 bytes each are held per seed (noise, order, sorted, draw)
 SORT_CHUNK = 256  # dimensions sorted at a time
 DISTANCE = "L1 between the hole sizes, largest first, the shorter list padded with zeros (in tokens)"
@@ -480,12 +480,17 @@ def load_target(spec) -> Target:
         return Target(None, sorted(sizes, reverse=True))
     from blackholes.io.paths import input_file
 
+    from blackholes.io.untrusted import parse_json
+
     path = input_file(spec, "--target scan JSON")
+    raw = path.read_bytes() if path.stat().st_size <= TARGET_LIMIT else None
+    if raw is None:
+        raise BlackholesError(f"--target {path} is larger than {TARGET_LIMIT:,} bytes; not a scan JSON")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BlackholesError(f"--target {path} is not a scan JSON (not JSON at all): write one with "
-                              "`blackholes scan MODEL --json PATH`") from None
+        data = parse_json(raw, what=f"--target {path}")
+    except BlackholesError as e:
+        raise BlackholesError(f"{e} (not JSON at all, or not within limits: write one with "
+                              "`blackholes scan MODEL --json PATH`)") from None
     if isinstance(data, dict) and isinstance(data.get("matrices"), dict):  # scan --matrix both
         data = data["matrices"].get("output") or data["matrices"].get("input")
     sizes, shape = _scan_sizes(data)

@@ -41,6 +41,10 @@ _LAZY = {
     "sweep": "pipelines.sweep",
     "SweepResult": "pipelines.sweep",
     "BlackholesError": "errors",
+    "export": "pipelines.export",
+    "ExportResult": "pipelines.export",
+    "repair": "pipelines.repair",
+    "RepairResult": "pipelines.repair",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -22,7 +22,9 @@ import sys
 from blackholes import __version__
 from blackholes.cli import census as census_cli
 from blackholes.cli import dynamics as dynamics_cli
+from blackholes.cli import export as export_cli
 from blackholes.cli import map as map_cli
+from blackholes.cli import repair as repair_cli
 from blackholes.cli import reproduce as reproduce_cli
 from blackholes.cli import scan as scan_cli
 from blackholes.cli import sweep as sweep_cli
@@ -39,6 +41,8 @@ COMMANDS = [
     (reproduce_cli.add_parser, reproduce_cli.run),
     (dynamics_cli.add_parser, dynamics_cli.run),
     (train_cli.add_parser, train_cli.run),
+    (export_cli.add_parser, export_cli.run),
+    (repair_cli.add_parser, repair_cli.run),
 ]
 
 

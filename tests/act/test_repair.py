@@ -1,0 +1,189 @@
+"""`blackholes repair`: every byte outside the repaired rows identical, the repaired rows equal to the
+recipe computed here with numpy, the copy loadable, and bad input refused with nothing written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+from act_helpers import HOLE, gguf_model, ollama_store, sharded, tiny_llama, tree_digest
+from support import assert_one_line_error, run_blackholes
+
+from blackholes.io.dtypes import bf16_from_float32, to_float64
+from blackholes.io.safetensors import read_header
+from blackholes.pipelines.repair import repair
+from blackholes.sources.gguf import read_gguf_header
+
+
+def _rows_spans(offset: int, row_bytes: int, ids) -> list[tuple[int, int]]:
+    return [(offset + i * row_bytes, offset + (i + 1) * row_bytes) for i in ids]
+
+
+def assert_only_rows_changed(before: Path, after: Path, spans) -> None:
+    """Byte for byte: equal everywhere but inside ``spans``."""
+    a, b = bytearray(before.read_bytes()), bytearray(after.read_bytes())
+    assert len(a) == len(b)
+    for start, stop in spans:
+        a[start:stop] = b[start:stop] = b"\0" * (stop - start)
+    assert a == b
+
+
+def numpy_recipe(x64: np.ndarray, ids, recipe: str, seed: int = 0) -> np.ndarray:
+    keep = np.ones(len(x64), bool)
+    keep[ids] = False
+    if recipe == "zero":
+        return np.zeros((len(ids), x64.shape[1]))
+    mean = x64[keep].mean(axis=0)
+    if recipe == "mean":
+        return np.repeat(mean[None], len(ids), axis=0)
+    c = x64[keep] - mean
+    return np.random.default_rng(seed).multivariate_normal(mean, c.T @ c / keep.sum(), size=len(ids))
+
+
+def _safetensors_rows(path: Path, key: str):
+    info = read_header(path).tensors[key]
+    raw = path.read_bytes()[info.start:info.end]
+    dtype = {"F32": np.float32, "BF16": np.uint16, "F16": np.float16}[info.dtype]
+    return info, np.frombuffer(raw, dtype).reshape(info.shape)
+
+
+@pytest.mark.parametrize("recipe", ["mean", "mean-cov", "zero"])
+def test_safetensors_folder_repaired_exactly_and_loads(tmp_path, recipe):
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaForCausalLM
+
+    src = tiny_llama(tmp_path / "model")
+    before = tree_digest(src)
+    out = tmp_path / "fixed"
+    p = run_blackholes("repair", src, "--out", out, "--recipe", recipe, "--seed", "3")
+    assert p.returncode == 0, p.stderr
+    assert tree_digest(src) == before  # the source untouched
+    weights, fixed = src / "model.safetensors", out / "model.safetensors"
+    spans = []
+    for key in ("model.embed_tokens.weight", "lm_head.weight"):
+        info, x = _safetensors_rows(weights, key)
+        _, y = _safetensors_rows(fixed, key)
+        spans += _rows_spans(info.start, x.shape[1] * x.itemsize, HOLE)
+        expected = numpy_recipe(to_float64(x, info.dtype), HOLE, recipe, seed=3).astype(np.float32)
+        assert np.array_equal(y[HOLE].view(np.uint32), expected.view(np.uint32))
+    assert_only_rows_changed(weights, fixed, spans)
+    for name in before:  # every other file byte for byte
+        if name != "model.safetensors":
+            assert (src / name).read_bytes() == (out / name).read_bytes()
+    report = json.loads((out / "repair.json").read_text())
+    assert report["bytes_outside_rows_identical"] and report["rows"] == len(HOLE)
+    assert report["check"]["ok"] and report["check"]["known_group"] == (recipe != "mean-cov")
+    assert all(v["identical"] for v in report["unchanged_tensors"]["model.safetensors"].values())
+    assert "one known group" in (out / "repair.md").read_text() or recipe == "mean-cov"
+    model = LlamaForCausalLM.from_pretrained(out)  # transformers loads the repaired folder
+    assert torch.equal(model.lm_head.weight[HOLE[0]], torch.from_numpy(np.array(_safetensors_rows(
+        fixed, "lm_head.weight")[1][HOLE[0]])))
+
+
+def test_sharded_folder_and_bf16(tmp_path):
+    src = sharded(tmp_path / "sharded")
+    out = tmp_path / "fixed"
+    r = repair(src, out, tokens="5-7", recipe="mean")
+    assert [t.key for t in r.targets] == ["model.embed_tokens.weight", "lm_head.weight"]
+    assert (out / "model.safetensors.index.json").read_bytes() == (src / "model.safetensors.index.json").read_bytes()
+    for shard, key in (("model-00001-of-00002.safetensors", "model.embed_tokens.weight"),
+                       ("model-00002-of-00002.safetensors", "lm_head.weight")):
+        info, x = _safetensors_rows(src / shard, key)
+        _, y = _safetensors_rows(out / shard, key)
+        assert np.array_equal(y[5:8], numpy_recipe(x.astype(np.float64), [5, 6, 7], "mean").astype(np.float32))
+        assert_only_rows_changed(src / shard, out / shard, _rows_spans(info.start, 32, [5, 6, 7]))
+    from blackholes.sources.load import load_matrix
+
+    assert load_matrix(out, matrix="input").shape == (40, 8)  # the index still names valid shards
+
+    from blackholes.io.safetensors import save_safetensors
+
+    rng = np.random.default_rng(5)
+    x = bf16_from_float32(rng.standard_normal((20, 8)).astype(np.float32))
+    x[[1, 2]] = x[1]
+    save_safetensors(tmp_path / "bf16.safetensors", {"embeddings": (x, "BF16")})
+    repair(tmp_path / "bf16.safetensors", tmp_path / "bf16-fixed", tokens="holes")
+    _, y = _safetensors_rows(tmp_path / "bf16-fixed" / "bf16.safetensors", "embeddings")
+    mean = numpy_recipe(to_float64(x, "BF16"), [1, 2], "mean")
+    assert np.array_equal(y[[1, 2]], bf16_from_float32(mean.astype(np.float32)))
+
+
+@pytest.mark.parametrize("qtype, tied", [("F32", False), ("Q8_0", True)])
+def test_gguf_rows_rewritten_and_requantised(tmp_path, qtype, tied):
+    src = gguf_model(tmp_path / "m.gguf", qtype, tied=tied)
+    out = tmp_path / "fixed"
+    r = repair(src, out, recipe="mean")
+    assert r.token_ids == [3, 9, 20]
+    assert [t.which for t in r.targets] == (["input+output"] if tied else ["input", "output"])
+    header = read_gguf_header(src)
+    spans = []
+    for t in r.targets:
+        tensor = header.tensors[t.key]
+        rows, width = tensor.rows_width
+        row_bytes = tensor.nbytes // rows
+        raw = np.frombuffer(src.read_bytes()[tensor.offset:tensor.offset + tensor.nbytes], np.uint8)
+        new = np.frombuffer((out / "m.gguf").read_bytes()[tensor.offset:tensor.offset + tensor.nbytes], np.uint8)
+        raw, new = raw.reshape(rows, row_bytes), new.reshape(rows, row_bytes)
+        qt = gguf.GGMLQuantizationType[qtype]
+        x64 = gguf.quants.dequantize(raw, qt).astype(np.float64).reshape(rows, width)
+        expected = gguf.quants.quantize(numpy_recipe(x64, [3, 9, 20], "mean").astype(np.float32), qt)
+        assert np.array_equal(new[[3, 9, 20]], np.asarray(expected).view(np.uint8).reshape(3, row_bytes))
+        spans += _rows_spans(tensor.offset, row_bytes, [3, 9, 20])
+    assert_only_rows_changed(src, out / "m.gguf", spans)
+    assert r.report["check"]["known_group"]
+
+
+def test_ollama_model_written_as_a_new_gguf(tmp_path, monkeypatch):
+    store = ollama_store(tmp_path / "store", gguf_model(tmp_path / "m.gguf", "Q8_0"))
+    monkeypatch.setenv("OLLAMA_MODELS", str(store))
+    before = tree_digest(store)
+    out = tmp_path / "fixed"
+    p = run_blackholes("repair", "ollama:tiny", "--out", out, "--recipe", "mean-cov")
+    assert p.returncode == 0, p.stderr
+    assert tree_digest(store) == before
+    assert sorted(x.name for x in out.iterdir()) == ["repair.json", "repair.md", "tiny-latest.gguf"]
+    blob = next((store / "blobs").iterdir())
+    t = read_gguf_header(blob).tensors["token_embd.weight"]
+    row_bytes = t.nbytes // 32
+    assert_only_rows_changed(blob, out / "tiny-latest.gguf", _rows_spans(t.offset, row_bytes, [3, 9, 20]))
+    report = json.loads((out / "repair.json").read_text())
+    assert report["check"]["distinct"] and report["seed"] == 0
+    p = run_blackholes("repair", "ollama:tiny", "--out", store / "blobs" / "x")
+    assert_one_line_error(p.returncode, p.stderr, "inside the source")
+
+
+def test_bad_input_one_line_and_nothing_written(tmp_path):
+    src = tiny_llama(tmp_path / "model")
+    other = tmp_path / "other.json"
+    (tmp_path / "q4k").mkdir()
+    q4k = gguf_model(tmp_path / "q4k" / "q4k.gguf", "Q4_K", raw=True, width=256)
+    scan = tmp_path / "scan.json"
+    assert run_blackholes("scan", src, "--json", scan, "--quiet").returncode == 0
+    doc = json.loads(scan.read_text())
+    other.write_text(json.dumps({**doc, "shape": [65, 16]}))
+    moved = tmp_path / "moved.json"  # same shape, but its hole is not a hole of this model
+    moved.write_text(json.dumps({**doc, "groups": [{"id": 1, "size": 2, "token_ids": [3, 4]}]}))
+    (tmp_path / "nohole.json").write_text(json.dumps({**doc, "groups": []}))
+    before = tree_digest(tmp_path)
+    out = tmp_path / "fixed"
+    cases = [
+        ((src, "--tokens", "64"), "outside the vocabulary"),
+        ((src, "--tokens", "holes", "--from", tmp_path / "nohole.json"), "is empty"),
+        ((src, "--from", other), "another model"),
+        ((src, "--from", moved), "another model"),
+        ((src, "--tokens", "verified"), "needs a scan JSON"),
+        ((src, "--tokens", "0-63"), "every row"),
+        ((q4k, "--tokens", "3"), "gguf cannot write Q4_K"),
+    ]
+    for argv, words in cases:
+        p = run_blackholes("repair", *argv, "--out", out)
+        assert_one_line_error(p.returncode, p.stderr, words)
+    p = run_blackholes("repair", src, "--out", src / "fixed")
+    assert_one_line_error(p.returncode, p.stderr, "inside the source")
+    p = run_blackholes("repair", src, "--out", tmp_path / "q4k")
+    assert_one_line_error(p.returncode, p.stderr, "not an empty folder")
+    assert tree_digest(tmp_path) == before and not out.exists()
+    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]  # no temporary folder left

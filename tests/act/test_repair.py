@@ -187,3 +187,24 @@ def test_bad_input_one_line_and_nothing_written(tmp_path):
     assert_one_line_error(p.returncode, p.stderr, "not an empty folder")
     assert tree_digest(tmp_path) == before and not out.exists()
     assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]  # no temporary folder left
+
+
+def test_the_readme_path_scan_repair_export(tmp_path):
+    """scan -> repair -> export, as the README gives it (the holes: this scan has no verdicts)."""
+    pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    src = tiny_llama(tmp_path / "model")
+    scan, out = tmp_path / "scan.json", tmp_path / "model-repaired"
+    for argv in (("scan", src, "--indicators", "--json", scan),
+                 ("repair", src, "--from", scan, "--tokens", "holes", "--out", out),
+                 ("export", scan, "--to", "transformers", "--tokens", "holes", "--base",
+                  src / "generation_config.json", "--out", out / "generation_config.json")):
+        p = run_blackholes(*argv)
+        assert p.returncode == 0, p.stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.generation_config.suppress_tokens == HOLE
+    assert GenerationConfig.from_pretrained(out).eos_token_id == 2
+    rows = model.lm_head.weight.detach().numpy()[HOLE]
+    assert (rows == rows[0]).all() and not (rows[0] == np.asarray(
+        _safetensors_rows(src / "model.safetensors", "lm_head.weight")[1][HOLE[0]])).all()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import read_header, save_safetensors
-from blackholes.sources import remote
+from blackholes.sources import http_ranges, remote
 from blackholes.sources.remote import is_remote, load_remote
 
 
@@ -39,6 +39,7 @@ HEAD = "lm_head.weight"
 @pytest.fixture(autouse=True)
 def _quick_retries(monkeypatch):
     monkeypatch.setattr(remote, "BACKOFF_S", 0.0)
+    monkeypatch.setattr(http_ranges, "BACKOFF_S", 0.0)
 
 
 def planted_bf16(rows=512, cols=96, seed=0):
@@ -180,8 +181,8 @@ def test_any_tensor_arrives_bit_exact(tmp_path_factory, rows, cols, dtype, reque
     save_safetensors(folder / "m.safetensors", {"a": np.arange(7, dtype=np.int64), "x": (x, dtype) if dtype == "BF16"
                                                 else x, "z": np.ones(3, np.float32)})
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(remote, "RANGE_BYTES", -(-x.nbytes // requests))  # the tensor in that many requests
-        mp.setattr(remote, "READ_PIECE", piece)
+        mp.setattr(http_ranges, "RANGE_BYTES", -(-x.nbytes // requests))  # the tensor in that many requests
+        mp.setattr(http_ranges, "READ_PIECE", piece)
         mp.setattr(remote, "PROBE_BYTES", probe)
         with hs.serve(folder) as server:
             m = load_remote(server.url + "m.safetensors", key="x")
@@ -306,12 +307,12 @@ def test_memory_is_the_tensor_plus_a_small_margin(tmp_path):
        junk=st.text(max_size=12))
 def test_content_range_parsing(first, length, slack, junk):
     last, total = first + length - 1, first + length + slack
-    assert remote._content_range(f"bytes {first}-{last}/{total}") == (first, last, total)
-    assert remote._content_range(f"bytes {first}-{last}/*") is None  # no size: refused
-    assert remote._content_range(f"bytes {last + 1}-{last}/{total}") is None
-    assert remote._content_range(f"bytes {first}-{last}/{last}") is None  # ends past the file
+    assert http_ranges.content_range(f"bytes {first}-{last}/{total}") == (first, last, total)
+    assert http_ranges.content_range(f"bytes {first}-{last}/*") is None  # no size: refused
+    assert http_ranges.content_range(f"bytes {last + 1}-{last}/{total}") is None
+    assert http_ranges.content_range(f"bytes {first}-{last}/{last}") is None  # ends past the file
     if not junk.strip().isdigit():
-        assert remote._content_range(f"bytes {first}-{junk}/{total}") is None
+        assert http_ranges.content_range(f"bytes {first}-{junk}/{total}") is None
 
 
 @settings(max_examples=300)

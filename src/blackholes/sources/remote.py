@@ -41,19 +41,14 @@ import numpy as np
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import STORAGE_DTYPES
 from blackholes.io.safetensors import Header, TensorInfo, header_length, parse_header, tensor_info
+from blackholes.sources.http_ranges import BACKOFF_S, TRIES, Fetched, Http, HttpFile, NotFound, check_url, why
 from blackholes.sources.local import check_2d, json_object
 from blackholes.sources.matrix import Matrix
 from blackholes.sources.names import is_tied, pick_in_file, pick_in_model, short_list
 
-RANGE_BYTES = 256 << 20  # bytes asked for in one HTTP request, streamed in pieces; the unit of retrying
 CHUNK_BYTES = 16 << 20  # bytes of one cat_file call on other fsspec filesystems (held in memory at once)
 PROBE_BYTES = 64 << 10  # the first request of a file: the header length and (usually) all of the header
 JSON_LIMIT = 64 << 20  # config.json / the index larger than this is refused
-TRIES = 3  # attempts per request (resuming where the last one stopped) before giving up
-BACKOFF_S = 0.5  # wait before the 2nd attempt; doubled before each later one
-READ_PIECE = 16 << 20  # a response body is read into the array this much at a time (progress, counting)
-TIMEOUT_S = 60  # connecting, and each read: a stalled connection counts as dropped
-RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})  # worth another try
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
@@ -95,6 +90,14 @@ def load_remote(source: str, key: str | None = None, matrix: str | None = None, 
         raise BlackholesError(f"matrix must be 'input' or 'output', not {matrix!r}")
     source = os.fspath(source)
     site, lone = _locate(source)
+    try:
+        return _load(source, site, lone, key, matrix, cache, progress)
+    finally:
+        if getattr(site, "http", None) is not None:
+            site.http.finish()
+
+
+def _load(source: str, site, lone, key, matrix, cache, progress) -> Matrix:
     store = _Cache(cache) if cache is not None else None
     if store is not None:
         hit = store.lookup(source, key, matrix, site, lone)
@@ -109,17 +112,17 @@ def load_remote(source: str, key: str | None = None, matrix: str | None = None, 
             f"(supported: {', '.join(STORAGE_DTYPES)})"
         )
     if store is not None:
-        array = store.fetch(source, key, matrix, choice, info, progress)
+        array, kept = store.fetch(source, key, matrix, choice, info, progress)
     else:
-        array = _fetch(choice.file, info, np.empty(info.nbytes, np.uint8), progress)
-    return _matrix(source, choice, info, array, site.fetched.total)
+        array, kept = _fetch(choice.file, info, np.empty(info.nbytes, np.uint8), progress), ()
+    return _matrix(source, choice, info, array, site.fetched.total, (*_local_files(site), *kept))
 
 
 @dataclass
 class _Choice:
     """The tensor picked, the file holding it, and what the model folder said about it."""
 
-    file: object  # an _HttpFile or _FsspecFile
+    file: object  # an HttpFile or _FsspecFile
     name: str | None  # the file's name in the model folder (None for a lone file)
     header: Header | None
     key: str
@@ -128,7 +131,8 @@ class _Choice:
     tied: bool | None
 
 
-def _matrix(source: str, choice: _Choice, info: TensorInfo, array: np.ndarray, fetched: int) -> Matrix:
+def _matrix(source: str, choice: _Choice, info: TensorInfo, array: np.ndarray, fetched: int,
+            inputs: tuple = ()) -> Matrix:
     return Matrix(
         array=array.view(STORAGE_DTYPES[info.dtype]).reshape(info.shape),
         dtype=info.dtype,
@@ -141,7 +145,16 @@ def _matrix(source: str, choice: _Choice, info: TensorInfo, array: np.ndarray, f
         revision=choice.file.revision,
         bytes_read=fetched,
         url=choice.file.name,
+        inputs=tuple(inputs),  # local files read: a file:// source's files, the cache's entry and data
     )
+
+
+def _local_files(site) -> list[Path]:
+    """The local files a ``file://`` source read (an fsspec site on the local disk); none elsewhere."""
+    fs = getattr(site, "fs", None)
+    if fs is None or "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return []
+    return [Path(f.path) for f in site.files.values() if Path(f.path).is_file()]
 
 
 # -- choosing the tensor: the same rules as for a local file or folder -----------------------------
@@ -170,8 +183,9 @@ def _choose_in_folder(site, key: str | None, matrix: str | None) -> _Choice:
 
         def file_of(k: str) -> str:
             shard = weight_map.get(k)
-            if not isinstance(shard, str) or not shard or shard.startswith("/") or ".." in shard.split("/"):
-                raise BlackholesError(f"corrupt weight_map in {site.where}{INDEX}: {k!r} maps to {shard!r}")
+            if not _inside(shard):
+                raise BlackholesError(f"corrupt weight_map in {site.where}{INDEX}: {k!r} maps to {shard!r}, "
+                                      f"not a file of the model's own folder")
             return shard
     else:
         single = _single_file(site, names, headers)
@@ -189,12 +203,26 @@ def _choose_in_folder(site, key: str | None, matrix: str | None) -> _Choice:
     return _Choice(site.file(name), name, headers.get(name), key, note, matrix or "output", is_tied(config))
 
 
+def _inside(name) -> bool:
+    """Whether an index's file name stays in the model's own folder: relative, no ``..``, no scheme
+    or host (``https://elsewhere/x``, ``//host/x``), no query, no backslash or control character.
+
+    >>> [_inside(n) for n in ("model-00001.safetensors", "sub/x.safetensors", "../x", "https://e.org/x", "/x")]
+    [True, True, False, False, False]
+    """
+    if not isinstance(name, str) or not name or name.startswith("/") or any(c in name for c in "\\?#%"):
+        return False
+    if any(ord(c) < 32 or c.isspace() for c in name) or urlsplit(name).scheme or ":" in name.split("/")[0]:
+        return False
+    return ".." not in name.split("/")
+
+
 def _single_file(site, names: list[str] | None, headers: "_Headers") -> str:
     """``model.safetensors``, or the folder's only ``.safetensors`` file, or a one-line refusal."""
     if names is None:  # cannot list: try the usual name
         try:
             headers.get(SINGLE)
-        except _NotFound:
+        except NotFound:
             raise BlackholesError(f"no {INDEX} or {SINGLE} at {site.where}") from None
         return SINGLE
     if SINGLE in names:
@@ -243,13 +271,6 @@ def _fetch(file, info: TensorInfo, out: np.ndarray, progress: bool) -> np.ndarra
 # -- where the source points: a folder (site), and maybe one file in it ----------------------------
 
 
-class _Fetched:
-    """Body bytes received over the network, all files of one load together."""
-
-    def __init__(self):
-        self.total = 0
-
-
 def _locate(source: str):
     """``(site, file)``: the folder the source lives in, and the file it names (None for a folder)."""
     protocol = source.split("://", 1)[0].lower()
@@ -261,11 +282,12 @@ def _locate(source: str):
 
 
 def _http_site(source: str):
-    http = _Http()
+    check_url(source)
+    http = Http()
     if urlsplit(source).path.endswith("/"):
         return _HttpSite(source, http), None
     site = _HttpSite(urljoin(source, "."), http)
-    return site, _HttpFile(source, http, site.fetched)
+    return site, HttpFile(source, http, site.fetched)
 
 
 @dataclass
@@ -273,18 +295,18 @@ class _HttpSite:
     """A folder on a plain HTTP server: its files are found by name (a server cannot be listed)."""
 
     where: str  # ends in "/"
-    http: "_Http"
+    http: "Http"
     revision: str | None = None
 
     def __post_init__(self):
-        self.fetched, self.files = _Fetched(), {}
+        self.fetched, self.files = Fetched(), {}
 
     def names(self) -> list[str] | None:
         return None
 
-    def file(self, name: str) -> "_HttpFile":
+    def file(self, name: str) -> "HttpFile":
         if name not in self.files:  # one object per file: what it learns (size, ETag) is checked later
-            self.files[name] = _HttpFile(urljoin(self.where, name), self.http, self.fetched)
+            self.files[name] = HttpFile(urljoin(self.where, name), self.http, self.fetched)
         return self.files[name]
 
     def json(self, name: str) -> dict | None:
@@ -293,267 +315,6 @@ class _HttpSite:
 
 def _parse_json(raw: bytes | None, where: str) -> dict | None:
     return None if raw is None else json_object(raw, where)
-
-
-# -- HTTP: checked byte ranges, read straight into the array ---------------------------------------
-
-
-class _NotFound(BlackholesError):
-    """HTTP 404, or a missing file: a folder's optional files may be absent."""
-
-
-class _Transient(Exception):
-    """A failure worth another try: a dropped connection, a short body, a 5xx."""
-
-
-class _Http:
-    """How requests go out: the standard library's ``urllib`` (proxies from the environment,
-    redirects followed, credentials sent only to their own host), plus headers every request
-    carries (a Hub token). A response body is read straight into the tensor's array
-    (``readinto``), so a fetch costs what a plain download of the same bytes costs."""
-
-    def __init__(self, headers: dict | None = None, auth_hint: str = ""):
-        import urllib.request
-
-        self.headers = dict(headers or {})
-        self.auth_hint = auth_hint
-        self.opener = urllib.request.build_opener(_redirects())
-
-    def open(self, url: str, headers: dict, method: str = "GET"):
-        """The response to one request, whatever its status (an error status is a response too)."""
-        import urllib.error
-        import urllib.request
-
-        request = urllib.request.Request(url, headers={**self.headers, **headers}, method=method)
-        try:
-            return self.opener.open(request, timeout=TIMEOUT_S)
-        except urllib.error.HTTPError as e:  # 4xx/5xx: still a response, with status and headers
-            return e
-
-
-def _redirects():
-    """A redirect handler that drops credentials when a redirect leaves their host (the Hub's
-    ``resolve/`` URLs send large files on to a CDN, which must not see the token)."""
-    import urllib.request
-
-    class Redirects(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, req, fp, code, msg, headers, newurl):
-            new = super().redirect_request(req, fp, code, msg, headers, newurl)
-            if new is not None and urlsplit(newurl).netloc != urlsplit(req.full_url).netloc:
-                for name in [h for h in new.headers if h.lower() == "authorization"]:
-                    del new.headers[name]
-            return new
-
-    return Redirects()
-
-
-class _HttpFile:
-    """One file on an HTTP server, read only through byte ranges whose answers are checked:
-    206, the exact ``Content-Range`` asked for, the same file size (and ETag) every time."""
-
-    def __init__(self, url: str, http: _Http, fetched: _Fetched, *, name: str | None = None,
-                 revision: str | None = None):
-        self.url, self.http, self.fetched = url, http, fetched
-        self.name = name or url  # how messages and Matrix.url call it
-        self.revision = revision  # the commit it was resolved at (hf://); else its ETag, once seen
-        self.pinned = revision is not None  # a commit cannot change: no ETag check needed
-        self.size: int | None = None
-        self.etag: str | None = None
-        self.modified: str | None = None
-
-    def probe(self, n: int) -> bytearray:
-        """The first ``n`` bytes (fewer if the file is shorter), in one ranged request whose
-        answer proves the server honours ``Range``; learns the file's size."""
-        out = bytearray(n)
-        got = self._range(0, memoryview(out), None, short_ok=True)
-        del out[got:]
-        return out
-
-    def read(self, start: int, stop: int) -> bytearray:
-        out = bytearray(stop - start)
-        self.read_into(start, memoryview(out))
-        return out
-
-    def read_into(self, start: int, out: memoryview, update=None) -> None:
-        """Fill ``out`` with the bytes from ``start``: one request per :data:`RANGE_BYTES`, its body
-        read into ``out`` as it arrives. (Smaller requests cost a round trip and a server wake-up
-        each: with 16 MiB ones a fetch ran at ~0.6x a plain download on the loaded test machine.)"""
-        for offset in range(0, len(out), RANGE_BYTES):
-            self._range(start + offset, out[offset : offset + RANGE_BYTES], update)
-
-    def _range(self, start: int, out: memoryview, update, short_ok: bool = False) -> int:
-        """One range, resumed after a dropped connection where it stopped; returns bytes read."""
-        done, want = 0, len(out)
-
-        def attempt() -> None:
-            nonlocal done, want
-            got = [0]
-            try:
-                self._get_range(start + done, out[done:want], got, update, short_ok)
-            finally:
-                done += got[0]
-                if short_ok and self.size is not None:
-                    want = min(want, max(0, self.size - start))
-            if done < want:
-                raise _Transient(f"only {done:,} of {want:,} bytes arrived")
-
-        self._retrying(f"reading bytes {start:,}-{start + len(out) - 1:,}", attempt)
-        return done
-
-    def _get_range(self, start: int, out: memoryview, got: list, update, short_ok: bool) -> None:
-        stop = start + len(out)
-        with self.http.open(self.url, {"Range": f"bytes={start}-{stop - 1}", "Accept-Encoding": "identity"}) as r:
-            length = self._check_range(r, start, stop, short_ok)
-            self._stream(r, out[:length], got, update)
-
-    def _check_range(self, r, start: int, stop: int, short_ok: bool) -> int:
-        """The body length of a good answer to ``bytes=start-(stop-1)``; refuse any other, unread."""
-        if r.status != 206:
-            r.close()  # never read the body of an answer we refuse
-            if r.status == 200:
-                size = r.headers.get("Content-Length")
-                whole = f" ({int(size):,} bytes)" if size and size.isdigit() else ""
-                raise BlackholesError(
-                    f"the server ignores Range requests (it answered bytes {start:,}-{stop - 1:,} with the whole "
-                    f"file{whole}); blackholes reads only a header and one tensor, never a whole file: {self.name}"
-                )
-            raise self._status_error(r.status, r.reason, start, stop)
-        span = _content_range(r.headers.get("Content-Range", ""))
-        if span is None:
-            r.close()
-            raise BlackholesError(f"the server sent a byte range without a usable Content-Range "
-                                  f"({r.headers.get('Content-Range')!r}): {self.name}")
-        first, last, total = span
-        self._learn(total, r.headers)
-        if (first, last) != (start, (min(stop, total) if short_ok else stop) - 1):
-            r.close()
-            raise BlackholesError(f"asked for bytes {start:,}-{stop - 1:,}, the server sent bytes "
-                                  f"{first:,}-{last:,}: {self.name}")
-        encoding = (r.headers.get("Content-Encoding") or "identity").strip().lower()
-        declared = r.headers.get("Content-Length")
-        if encoding != "identity" or (declared is not None and declared.strip() != str(last - first + 1)):
-            r.close()
-            raise BlackholesError(f"the server's answer for bytes {start:,}-{last:,} is not those raw bytes "
-                                  f"(Content-Encoding {encoding!r}, Content-Length {declared}): {self.name}")
-        return last - first + 1
-
-    def _stream(self, r, out: memoryview, got: list, update) -> None:
-        """Read the body straight into ``out``, a piece at a time, counting every byte."""
-        while got[0] < len(out):
-            n = r.readinto(out[got[0] : got[0] + READ_PIECE])
-            if not n:
-                raise _Transient(f"the connection closed after {got[0]:,} of {len(out):,} bytes")
-            got[0] += n
-            self.fetched.total += n
-            if update is not None:
-                update(n)
-        if r.headers.get("Content-Length") is None and r.read(1):  # a body without a declared length
-            raise BlackholesError(f"the server sent more than the {len(out):,} bytes asked for: {self.name}")
-
-    def _learn(self, total: int, headers) -> None:
-        """Remember the file's size and version; refuse an answer from a different version."""
-        etag, modified = headers.get("ETag"), headers.get("Last-Modified")
-        if self.size is None:
-            self.size, self.etag, self.modified = total, etag, modified
-            if self.revision is None and etag:
-                self.revision = etag.removeprefix("W/").strip('"')
-            return
-        changed = total != self.size or (not self.pinned and etag and self.etag and etag != self.etag)
-        if changed:
-            raise BlackholesError(f"the file changed on the server while it was read (size {self.size:,}, "
-                                  f"ETag {self.etag} -> size {total:,}, ETag {etag}); run again: {self.name}")
-
-    def _status_error(self, status: int, reason, start: int, stop: int) -> Exception:
-        if status in RETRY_STATUS:
-            return _Transient(f"HTTP {status} {reason or ''}".strip())
-        if status == 404:
-            return _NotFound(f"not found (HTTP 404): {self.name}")
-        if status in (401, 403):
-            what = "401 Unauthorized: credentials needed" if status == 401 else "403 Forbidden"
-            return BlackholesError(f"access denied (HTTP {what}){self.http.auth_hint}: {self.name}")
-        if status == 416:
-            return BlackholesError(f"the server says bytes {start:,}-{stop - 1:,} lie outside the file "
-                                   f"(HTTP 416): {self.name}")
-        return BlackholesError(f"the server answered HTTP {status} {reason or ''}: {self.name}".replace("  ", " "))
-
-    def read_whole(self, limit: int) -> bytes | None:
-        """The whole (small) file, e.g. config.json; None if the server has no such file."""
-        out = []
-
-        def attempt() -> None:
-            with self.http.open(self.url, {}) as r:
-                if r.status != 200:
-                    r.close()
-                    raise self._status_error(r.status, r.reason, 0, limit)
-                body = r.read(limit + 1)
-                self.fetched.total += len(body)
-                if len(body) > limit:
-                    raise BlackholesError(f"{self.name} is larger than {limit:,} bytes; not a model's JSON file")
-                out[:] = [body]
-
-        try:
-            self._retrying("reading", attempt)
-        except _NotFound:
-            return None
-        return out[0]
-
-    def validator(self) -> str | None:
-        """What tells this version of the file from another (for the cache), or None if the server
-        gives nothing usable; a HEAD request (no body) when nothing was read yet."""
-        if self.pinned:
-            return f"revision {self.revision}"
-        if self.size is None:
-            try:
-                self._retrying("HEAD", self._head)
-            except BlackholesError:
-                return None
-        if not (self.etag or self.modified):
-            return None
-        return json.dumps([self.size, self.etag, self.modified])
-
-    def _head(self) -> None:
-        with self.http.open(self.url, {"Accept-Encoding": "identity"}, method="HEAD") as r:
-            length = r.headers.get("Content-Length") or ""
-            if r.status != 200 or not length.isdigit():
-                raise BlackholesError(f"HEAD answered HTTP {r.status}: {self.name}")
-            self._learn(int(length), r.headers)
-
-    def _retrying(self, what: str, attempt) -> None:
-        """Run ``attempt()`` up to :data:`TRIES` times while it fails in a way worth retrying."""
-        import http.client
-        import urllib.error
-
-        for failure in range(1, TRIES + 1):
-            try:
-                return attempt()
-            except _Transient as e:
-                reason = str(e)
-            except urllib.error.URLError as e:  # no connection (error statuses are answers, see _Http.open)
-                if self.size is None:  # never reached it: an address that is wrong, not a hiccup
-                    raise BlackholesError(f"cannot reach {self.name}: {_why(e.reason)}") from None
-                reason = _why(e.reason)
-            except (http.client.HTTPException, OSError) as e:  # dropped, reset, timed out mid-way
-                reason = _why(e) if str(e) else type(e).__name__
-            except ValueError as e:
-                raise BlackholesError(f"not a URL that can be read: {self.name} ({_why(e)})") from None
-            if failure < TRIES:
-                time.sleep(BACKOFF_S * 2 ** (failure - 1))
-        raise BlackholesError(f"{what} of {self.name} failed {TRIES} times (last: {reason}); "
-                              f"gave up, nothing is reported from partial data")
-
-
-def _content_range(text: str) -> tuple[int, int, int] | None:
-    """``(first, last, total)`` of ``bytes first-last/total``; None for anything else."""
-    m = re.fullmatch(r"bytes\s+(\d+)-(\d+)/(\d+)", text.strip())
-    if m is None or int(m[2]) < int(m[1]) or int(m[3]) <= int(m[2]):
-        return None
-    return int(m[1]), int(m[2]), int(m[3])
-
-
-def _why(e: BaseException) -> str:
-    """A one-line reason from a network exception."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
 
 
 # -- hf://: a Hub repository at one commit, through huggingface_hub --------------------------------
@@ -578,6 +339,9 @@ def _hub_site(source: str):
     info = _hub_call(source, endpoint, lambda: api.repo_info(resolved.repo_id, revision=resolved.revision,
                                                              repo_type=resolved.repo_type))
     sha = getattr(info, "sha", None) or resolved.revision
+    if not isinstance(sha, str) or not (re.fullmatch(r"[0-9a-f]{40}", sha) or sha == resolved.revision):
+        raise BlackholesError(f"the Hub at {endpoint} answered for {source} with commit {str(sha)[:80]!r}, "
+                              f"not a commit id; is HF_ENDPOINT a Hub?")
     path = resolved.path_in_repo.strip("/")
     is_file = path.endswith(".safetensors")
     folder = posixpath.dirname(path) if is_file else path
@@ -597,22 +361,25 @@ class _HubSite:
         prefix = {"dataset": "datasets/", "space": "spaces/"}.get(repo_type, "")
         self.root = f"{prefix}{repo_id}@{sha}"  # HfFileSystem's name of the repository at that commit
         self.where = f"hf://{self.root}/" + (f"{folder}/" if folder else "")
-        self.http = _Http(build_hf_headers(), HUB_AUTH_HINT)
-        self.fetched, self.files = _Fetched(), {}
+        self.http = Http(build_hf_headers(), HUB_AUTH_HINT)
+        self.fetched, self.files = Fetched(), {}
 
     def names(self) -> list[str]:
         listing = _hub_call(self.where, self.endpoint,
                             lambda: self.fs.ls(f"{self.root}/{self.folder}".rstrip("/"), detail=False))
+        if not isinstance(listing, list) or not all(isinstance(p, str) for p in listing):
+            raise BlackholesError(f"the Hub at {self.endpoint} answered a listing of {self.where} that is not a "
+                                  f"list of files; is HF_ENDPOINT a Hub?")
         return [posixpath.basename(p.rstrip("/")) for p in listing]
 
-    def file(self, name: str) -> _HttpFile:
+    def file(self, name: str) -> HttpFile:
         if name not in self.files:
             from huggingface_hub import hf_hub_url
 
             rel = posixpath.join(self.folder, name) if self.folder else name
             url = hf_hub_url(self.repo_id, rel, repo_type=self.repo_type, revision=self.revision,
                              endpoint=self.endpoint)
-            self.files[name] = _HttpFile(url, self.http, self.fetched, name=self.where + name, revision=self.revision)
+            self.files[name] = HttpFile(url, self.http, self.fetched, name=self.where + name, revision=self.revision)
         return self.files[name]
 
     def json(self, name: str) -> dict | None:
@@ -620,7 +387,35 @@ class _HubSite:
 
 
 def _hub_call(source: str, endpoint: str, call):
-    """``call()`` (a huggingface_hub request), its failures worded as one line."""
+    """``call()`` (a huggingface_hub request), its failures worded as one line; given up when it has
+    no answer within the read deadline (``BLACKHOLES_HTTP_READ_S``: a Hub that accepts and hangs)."""
+    import threading
+
+    from blackholes.sources.http_ranges import READ_S, deadlines
+
+    wait = deadlines().read
+    done: list = []
+    worker = threading.Thread(target=lambda: done.append(_hub_answer(source, endpoint, call)), daemon=True)
+    worker.start()
+    worker.join(wait)
+    if not done:
+        raise BlackholesError(f"the Hugging Face Hub at {endpoint} gave no answer for {wait:g} s ({READ_S[0]}): "
+                              f"{source}")
+    ok, value = done[0]
+    if not ok:
+        raise value
+    return value
+
+
+def _hub_answer(source: str, endpoint: str, call) -> tuple[bool, object]:
+    """(True, ``call()``) or (False, the one-line error it comes to): run in :func:`_hub_call`'s thread."""
+    try:
+        return True, _hub_worded(source, endpoint, call)
+    except BlackholesError as e:
+        return False, e
+
+
+def _hub_worded(source: str, endpoint: str, call):
     from huggingface_hub.utils import (GatedRepoError, HfHubHTTPError, OfflineModeIsEnabled,
                                        RepositoryNotFoundError, RevisionNotFoundError)
 
@@ -644,13 +439,20 @@ def _hub_call(source: str, endpoint: str, call):
         raise BlackholesError(f"not found on the Hub: {source}") from None
     except OfflineModeIsEnabled:
         raise BlackholesError(f"HF_HUB_OFFLINE is set, and {source} needs the network") from None
+    except json.JSONDecodeError as e:
+        raise _unexpected(source, endpoint, e) from None
     except (ValueError, NotImplementedError) as e:  # HFValidationError is a ValueError
         raise BlackholesError(f"not a Hub path (hf://org/name[@revision][/file.safetensors]): {source} "
-                              f"({_why(e)})") from None
+                              f"({why(e)})") from None
     except Exception as e:
         if isinstance(e, OSError) or type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3"):
-            raise BlackholesError(f"cannot reach the Hugging Face Hub at {endpoint}: {_why(e)}") from None
-        raise
+            raise BlackholesError(f"cannot reach the Hugging Face Hub at {endpoint}: {why(e)}") from None
+        raise _unexpected(source, endpoint, e) from None  # an answer of another shape than the Hub's
+
+
+def _unexpected(source: str, endpoint: str, e: BaseException) -> BlackholesError:
+    return BlackholesError(f"the Hub at {endpoint} answered something that is not what the Hub answers "
+                           f"({type(e).__name__}: {why(e)[:120]}); is HF_ENDPOINT a Hub?: {source}")
 
 
 # -- any other fsspec URL (s3://, gs://, memory://, ...) -------------------------------------------
@@ -663,9 +465,9 @@ def _fsspec_site(source: str):
     try:
         fs, path = fsspec.core.url_to_fs(source)
     except ImportError as e:
-        raise BlackholesError(f"reading {protocol}:// needs a package that is not installed ({_why(e)})") from None
+        raise BlackholesError(f"reading {protocol}:// needs a package that is not installed ({why(e)})") from None
     except (ValueError, TypeError) as e:
-        raise BlackholesError(f"cannot open {source}: {_why(e)}") from None
+        raise BlackholesError(f"cannot open {source}: {why(e)}") from None
     site = _FsspecSite(fs, path.rstrip("/"), source.rstrip("/") + "/")
     if not path.endswith(".safetensors") and _fs_call(source, lambda: fs.isdir(path)):
         return site, None
@@ -680,7 +482,7 @@ class _FsspecSite:
     def __init__(self, fs, path: str, where: str):
         self.fs, self.path, self.where = fs, path, where
         self.revision = None
-        self.fetched, self.files = _Fetched(), {}
+        self.fetched, self.files = Fetched(), {}
 
     def names(self) -> list[str]:
         listing = _fs_call(self.where, lambda: self.fs.ls(self.path, detail=False))
@@ -699,7 +501,7 @@ class _FsspecFile:
     """One file of an fsspec filesystem, read with ``cat_file(path, start, end)`` chunk by chunk;
     every answer must hold exactly the bytes asked for."""
 
-    def __init__(self, fs, path: str, name: str, fetched: _Fetched):
+    def __init__(self, fs, path: str, name: str, fetched: Fetched):
         self.fs, self.path, self.name, self.fetched = fs, path, name, fetched
         self.revision = None
         self.size: int | None = None
@@ -735,7 +537,7 @@ class _FsspecFile:
     def read_whole(self, limit: int) -> bytes | None:
         try:
             size = self._size()
-        except _NotFound:
+        except NotFound:
             return None
         if size > limit:
             raise BlackholesError(f"{self.name} is larger than {limit:,} bytes; not a model's JSON file")
@@ -754,11 +556,11 @@ def _fs_call(name: str, call):
         try:
             return call()
         except FileNotFoundError:
-            raise _NotFound(f"not found: {name}") from None
+            raise NotFound(f"not found: {name}") from None
         except PermissionError as e:
-            raise BlackholesError(f"access denied: {name} ({_why(e)})") from None
+            raise BlackholesError(f"access denied: {name} ({why(e)})") from None
         except (ConnectionError, TimeoutError, OSError) as e:
-            reason = _why(e)
+            reason = why(e)
         if failure < TRIES:
             time.sleep(BACKOFF_S * 2 ** (failure - 1))
     raise BlackholesError(f"reading {name} failed {TRIES} times (last: {reason}); gave up")
@@ -769,7 +571,11 @@ def _fs_call(name: str, call):
 
 class _Cache:
     """Fetched tensor bytes kept as ``DIR/<digest>.bin`` (digest of url, version, tensor, byte range),
-    found again without any fetch through ``DIR/<digest>.json`` (digest of source, key, matrix)."""
+    found again without any fetch through ``DIR/<digest>.json`` (digest of source, key, matrix).
+
+    An entry records the data's size and sha256 at fetch time; every reuse checks both (and that the
+    remote file is unchanged), and anything that differs is fetched again. An entry is untrusted
+    input like any other: read within limits, its file name confined to the model's folder."""
 
     def __init__(self, folder):
         self.folder = Path(folder).expanduser()
@@ -782,58 +588,75 @@ class _Cache:
         return self.folder / (_digest(["entry", source, key, matrix]) + ".json")
 
     def lookup(self, source: str, key, matrix, site, lone) -> Matrix | None:
-        """The cached tensor as a read-only memory map, if the remote file is unchanged; else None."""
-        entry = _read_entry(self._entry_path(source, key, matrix))
-        if entry is None:
+        """The cached tensor as a read-only memory map, if it and the remote file are unchanged; else None."""
+        from blackholes.sources.ollama import sha256_file
+
+        path = self._entry_path(source, key, matrix)
+        entry = _read_entry(path)
+        if entry is None or (lone is None) != (entry["file"] is not None):
             return None
         data = self.folder / entry["data"]
         info = TensorInfo(entry["tensor"], entry["dtype"], tuple(entry["shape"]), entry["start"], entry["stop"])
-        if not data.is_file() or data.stat().st_size != info.nbytes:
-            return None
-        if (lone is None) != (entry["file"] is not None):
-            return None
+        if not data.is_file() or data.stat().st_size != info.nbytes or sha256_file(data) != entry["sha256"]:
+            return None  # cut short, or changed since it was fetched: fetched again
         file = lone if lone is not None else site.file(entry["file"])
         if file.validator() != entry["validator"]:  # changed, or cannot tell (then never reused)
             return None
         choice = _Choice(file, entry["file"], None, entry["tensor"], entry["note"], entry["matrix"], entry["tied"])
         array = np.memmap(data, dtype=np.uint8, mode="r", shape=(info.nbytes,))
-        return _matrix(source, choice, info, array, site.fetched.total)
+        return _matrix(source, choice, info, array, site.fetched.total, (path, data))
 
-    def fetch(self, source: str, key, matrix, choice: _Choice, info: TensorInfo, progress: bool) -> np.ndarray:
-        """Fetch the tensor into its cache file (atomically) unless it is there; memory-map it."""
+    def fetch(self, source: str, key, matrix, choice: _Choice, info: TensorInfo,
+              progress: bool) -> tuple[np.ndarray, tuple[Path, ...]]:
+        """Fetch the tensor into its cache file (atomically) and record it; memory-map it.
+        Returns the array and the cache files it now lies in."""
         from blackholes.io.atomic import atomic_path, write_json
 
         validator = choice.file.validator()
         if validator is None:  # cannot tell this version from the next: fetch, keep nothing
-            return _fetch(choice.file, info, np.empty(info.nbytes, np.uint8), progress)
+            return _fetch(choice.file, info, np.empty(info.nbytes, np.uint8), progress), ()
         data = self.folder / (_digest(["data", choice.file.name, validator, info.name, info.start, info.end]) + ".bin")
-        if not (data.is_file() and data.stat().st_size == info.nbytes):
-            with atomic_path(data) as tmp:
-                out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(info.nbytes,))
-                _fetch(choice.file, info, out, progress)
-                out.flush()
-                del out
-        entry = {"format": 1, "source": source, "key": key, "matrix_asked": matrix, "file": choice.name,
+        with atomic_path(data) as tmp:  # never reused unchecked: the bytes this entry records are these
+            out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=(info.nbytes,))
+            _fetch(choice.file, info, out, progress)
+            out.flush()
+            digest = hashlib.sha256(memoryview(out)).hexdigest()
+            del out
+        entry = {"format": 2, "source": source, "key": key, "matrix_asked": matrix, "file": choice.name,
                  "url": choice.file.name, "validator": validator, "tensor": info.name, "dtype": info.dtype,
                  "shape": list(info.shape), "start": info.start, "stop": info.end, "note": choice.note,
-                 "matrix": choice.matrix, "tied": choice.tied, "data": data.name}
-        write_json(self._entry_path(source, key, matrix), entry)
-        return np.memmap(data, dtype=np.uint8, mode="r", shape=(info.nbytes,))
+                 "matrix": choice.matrix, "tied": choice.tied, "data": data.name, "sha256": digest}
+        path = self._entry_path(source, key, matrix)
+        write_json(path, entry)
+        return np.memmap(data, dtype=np.uint8, mode="r", shape=(info.nbytes,)), (path, data)
 
 
 def _digest(parts: list) -> str:
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:40]
 
 
+ENTRY_LIMIT = 1 << 20  # a cache entry is a few hundred bytes
+
+
 def _read_entry(path: Path) -> dict | None:
-    """A cache entry, or None when it is missing or not one this code wrote."""
+    """A cache entry, or None when it is missing or not one this code wrote (then it is fetched again)."""
+    from blackholes.io.untrusted import parse_json
+
     try:
-        entry = json.loads(path.read_text(encoding="utf-8"))
-        ok = (entry["format"] == 1 and isinstance(entry["data"], str) and "/" not in entry["data"]
-              and entry["dtype"] in STORAGE_DTYPES and all(isinstance(s, int) for s in entry["shape"])
-              and len(entry["shape"]) == 2 and isinstance(entry["start"], int) and isinstance(entry["stop"], int)
-              and (entry["file"] is None or isinstance(entry["file"], str))
-              and entry["stop"] - entry["start"] == math.prod(entry["shape"]) * STORAGE_DTYPES[entry["dtype"]].itemsize)
-    except (OSError, ValueError, KeyError, TypeError):
+        if not path.is_file() or path.stat().st_size > ENTRY_LIMIT:
+            return None
+        entry = parse_json(path.read_bytes(), what=str(path))
+        shape = entry["shape"]
+        ok = (entry["format"] == 2 and isinstance(entry["data"], str)
+              and re.fullmatch(r"[0-9a-f]{40}\.bin", entry["data"]) is not None
+              and isinstance(entry["sha256"], str) and entry["dtype"] in STORAGE_DTYPES
+              and isinstance(shape, list) and len(shape) == 2
+              and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+              and isinstance(entry["start"], int) and isinstance(entry["stop"], int) and entry["start"] >= 0
+              and (entry["file"] is None or _inside(entry["file"]))
+              and all(isinstance(entry[k], str) for k in ("tensor", "note", "validator"))
+              and entry["matrix"] in (None, "input", "output") and entry["tied"] in (None, True, False)
+              and entry["stop"] - entry["start"] == math.prod(shape) * STORAGE_DTYPES[entry["dtype"]].itemsize)
+    except (OSError, KeyError, TypeError, BlackholesError):
         return None
     return entry if ok else None

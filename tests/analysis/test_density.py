@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from blackholes.cli import main
-from blackholes.analysis.density import density_map, pca, pca_sets, read_mask
+from blackholes.analysis.density import density_map, read_mask
+from blackholes.analysis.pca import pca, pca_sets
 from blackholes.errors import BlackholesError
 from blackholes.io.dtypes import bf16_from_float32, to_float32
 from blackholes.io.safetensors import save_safetensors
@@ -71,12 +72,12 @@ def test_pca_bf16_equals_pca_of_widened_matrix():
 @pytest.mark.parametrize("bf16", [False, True])
 def test_pca_streams_in_chunks(monkeypatch, bf16):
     """Many small chunks (the last one short) give the same answer as one: centring is exact per chunk."""
-    import blackholes.analysis.density as density
+    import blackholes.analysis.pca as streamed
 
     x = _matrix(3000, 40)
     x, dtype = (bf16_from_float32(x), "BF16") if bf16 else (x, "F32")
     whole = pca(x, dtype)
-    monkeypatch.setattr(density, "_CHUNK_BYTES", 40 * 4 * 7)  # 7 rows a chunk: 3000 = 428 * 7 + 4
+    monkeypatch.setattr(streamed, "_CHUNK_BYTES", 40 * 4 * 7)  # 7 rows a chunk: 3000 = 428 * 7 + 4
     chunked = pca(x, dtype)
     np.testing.assert_allclose(chunked.coords, whole.coords, rtol=1e-3, atol=1e-3)
     np.testing.assert_allclose(chunked.total_variance, whole.total_variance, rtol=1e-5)

@@ -22,7 +22,7 @@ the exact holes: a hole repeats one vector hundreds of times and would otherwise
 the first component. Candidates are the tokens (not hole members, not padding) whose
 main indicator is at or below the ``percentile``-th percentile of theirs, most dead first.
 
-Cost: the PCA is :func:`blackholes.analysis.density.pca_sets` with ``k=1``: ``n_iter``
+Cost: the PCA is :func:`blackholes.analysis.pca.pca_sets` with ``k=1``: ``n_iter``
 power passes and one projecting pass (3 by default; ``n_iter=1`` saves one, but on
 synthetic power-law spectra it changed 12-30% of the 2% candidates against an exact PCA,
 ``n_iter=2`` at most 1%),
@@ -302,7 +302,7 @@ def indicators(
 
 def _measure(m, r: np.ndarray | None, fit: np.ndarray, n_iter: int, progress: bool):
     """(norms, cosine distances or None, PC1's share of the variance, passes, note)."""
-    from blackholes.analysis.density import pca_sets
+    from blackholes.analysis.pca import pca_sets
 
     V, D = m.shape
     if D < 2 or fit.sum() < 2:

@@ -40,6 +40,8 @@ _LAZY = {
     "Recording": "training.recording",
     "sweep": "pipelines.sweep",
     "SweepResult": "pipelines.sweep",
+    "history": "pipelines.history",
+    "HistoryResult": "pipelines.history",
     "BlackholesError": "errors",
     "export": "pipelines.export",
     "ExportResult": "pipelines.export",

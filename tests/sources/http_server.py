@@ -16,7 +16,9 @@ Modes (``serve(folder, mode=...)``):
 connection that drops mid-transfer); ``drops=k`` cuts only the first k such responses (``None``:
 every one). ``hub="org/name"`` also answers the few Hugging Face Hub API routes that
 ``huggingface_hub``'s ``HfApi`` / ``HfFileSystem`` use, so that ``HF_ENDPOINT=server.url`` serves
-the folder as that model repository at revision ``main`` = ``server.sha``.
+the folder as that model repository at revision ``main`` = ``server.sha``. ``revisions={"step0":
+folder0, ...}`` adds more: each name is a branch (listed by ``HfApi.list_repo_refs``) whose files
+are that folder's, at commit ``server.shas[name]``.
 
 Import it by path (the tests folder is not a package)::
 
@@ -67,6 +69,8 @@ class Server:
     drops: int | None = None  # None: cut every response longer than drop_after
     hub: str | None = None  # "org/name" served as a Hub model repository
     sha: str = ""  # the commit the repository's "main" resolves to
+    revisions: dict = field(default_factory=dict)  # more branches: name -> folder
+    shas: dict = field(default_factory=dict)  # branch name -> its commit
     _log: list[Request] = field(default_factory=list, repr=False)
     _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _cuts: int = 0
@@ -118,7 +122,7 @@ class Server:
 
 @contextlib.contextmanager
 def serve(folder, mode: str = "range", *, drop_after: int | None = None, drops: int | None = None,
-          hub: str | None = None) -> Iterator[Server]:
+          hub: str | None = None, revisions: dict | None = None) -> Iterator[Server]:
     """Serve ``folder`` on 127.0.0.1 (a free port) in a background thread until the block ends.
 
     >>> with serve(tmp_path, mode="no-range") as server:               # doctest: +SKIP
@@ -128,7 +132,9 @@ def serve(folder, mode: str = "range", *, drop_after: int | None = None, drops: 
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     state = Server(url="", folder=Path(folder), mode=mode, drop_after=drop_after, drops=drops, hub=hub,
-                   sha=hashlib.sha1(f"{hub}:{Path(folder).resolve()}".encode()).hexdigest())
+                   sha=hashlib.sha1(f"{hub}:{Path(folder).resolve()}".encode()).hexdigest(),
+                   revisions={k: Path(v) for k, v in (revisions or {}).items()})
+    state.shas = {k: hashlib.sha1(f"{hub}:{k}:{v.resolve()}".encode()).hexdigest() for k, v in state.revisions.items()}
     handler = type("Handler", (_Handler,), {"state": state})
     httpd = _QuietServer(("127.0.0.1", 0), handler)
     state.url = f"http://127.0.0.1:{httpd.server_address[1]}/"
@@ -188,9 +194,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- files -----------------------------------------------------------------------------------
 
-    def _file(self, name: str, head: bool) -> None:
-        target = (self.state.folder / name).resolve()
-        root = self.state.folder.resolve()
+    def _file(self, name: str, head: bool, folder: Path | None = None) -> None:
+        folder = self.state.folder if folder is None else folder
+        target = (folder / name).resolve()
+        root = folder.resolve()
         if not name or root not in target.parents or not target.is_file():
             return self._error(404, "file:" + name, code="EntryNotFound")
         size = target.stat().st_size
@@ -239,30 +246,41 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hub(self, path: str, head: bool) -> None:
         repo, sha = self.state.hub, self.state.sha
-        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(revision|tree)/([^/]+)(/.*)?)?", path)
+        api = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(revision|tree|refs)(?:/([^/]+))?(/.*)?)?", path)
         resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         match = api or resolve
         if match is None:
             return self._error(404, path)
         if match.group(1) != repo:
             return self._error(404, path, code="RepoNotFound")
+        if api and api.group(2) == "refs":
+            branches = [{"name": "main", "ref": "refs/heads/main", "targetCommit": sha}]
+            branches += [{"name": k, "ref": f"refs/heads/{k}", "targetCommit": v} for k, v in self.state.shas.items()]
+            return self._json({"branches": branches, "tags": [], "converts": []}, path)
         revision = (api.group(3) or "main") if api else resolve.group(2)
-        if revision not in ("main", sha):
+        by_sha = {v: k for k, v in self.state.shas.items()}
+        name = by_sha.get(revision, revision)
+        if revision in ("main", sha):
+            folder = self.state.folder
+        elif name in self.state.revisions:
+            folder, sha = self.state.revisions[name], self.state.shas[name]
+        else:
             return self._error(404, path, code="RevisionNotFound")
         if resolve:
-            return self._file(resolve.group(3), head)
+            return self._file(resolve.group(3), head, folder)
         if api.group(2) == "tree":
-            return self._json(self._tree((api.group(4) or "").strip("/")), path)
-        siblings = [{"rfilename": p.relative_to(self.state.folder).as_posix()}
-                    for p in sorted(self.state.folder.rglob("*")) if p.is_file()]
+            return self._json(self._tree((api.group(4) or "").strip("/"), folder), path)
+        siblings = [{"rfilename": p.relative_to(folder).as_posix()}
+                    for p in sorted(folder.rglob("*")) if p.is_file()]
         self._json({"id": repo, "modelId": repo, "sha": sha, "private": False, "siblings": siblings}, path)
 
-    def _tree(self, sub: str) -> list[dict]:
+    def _tree(self, sub: str, root: Path | None = None) -> list[dict]:
         """The entries of one folder of the repository, as the Hub's tree API lists them."""
-        folder = self.state.folder / sub
+        root = self.state.folder if root is None else root
+        folder = root / sub
         entries = []
         for p in sorted(folder.iterdir()) if folder.is_dir() else []:
-            rel = p.relative_to(self.state.folder).as_posix()
+            rel = p.relative_to(root).as_posix()
             if p.is_dir():
                 entries.append({"type": "directory", "oid": _etag(p).strip('"'), "path": rel})
             else:

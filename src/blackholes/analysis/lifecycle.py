@@ -207,12 +207,36 @@ def census(embeddings: np.ndarray, dtype: str, steps, *, never_seen=None, traine
     """
     t0 = time.perf_counter()
     emb, steps = _check_input(embeddings, dtype, steps)
-    R, V, _ = emb.shape
+    group_ids, changed = partitions(emb)
+    return census_of_partitions(group_ids, changed, steps, shape=emb.shape, dtype=dtype, never_seen=never_seen,
+                                trained=trained, started=t0)
+
+
+def census_of_partitions(group_ids: np.ndarray, changed: np.ndarray, steps, *, shape, dtype: str,
+                         never_seen=None, trained=None, started: float | None = None) -> Census:
+    """The census of any ordered series of matrices, given each one's partition.
+
+    ``group_ids`` (int [R, V]): at each record, every token's group as the smallest token
+    id of its group of bit-identical rows; ``changed`` (bool [R, V]): whether a token's row
+    changed any bit since the record before (row 0: since whatever came before the series,
+    all False when nothing did). A recording's :func:`census` computes both in one pass;
+    ``blackholes history`` from one checkpoint at a time. Everything else (events,
+    lineages, last motion, freezes) is decided here, the same way for both.
+
+    >>> ids = np.array([[0, 0, 0], [0, 1, 1]]); moved = np.array([[0, 0, 0], [0, 1, 1]], bool)
+    >>> c = census_of_partitions(ids, moved, [0, 5], shape=(2, 3, 4), dtype="F32")
+    >>> [(e.kind, e.step, e.after) for e in c.events], c.last_motion
+    ([('fission', 5, [[0], [1, 2]])], [None, 5, 5])
+    """
+    t0 = time.perf_counter() if started is None else started
+    group_ids = np.ascontiguousarray(group_ids, dtype=np.int32)
+    changed = np.asarray(changed, dtype=bool)
+    steps = np.asarray(steps, dtype=np.int64)
+    R, V = group_ids.shape
     ns = _token_set(never_seen, V, "never_seen")
     tr = _token_set(trained, V, "trained")
     if tr is None and ns is not None:
         tr = [t for t in range(V) if t not in set(ns)]
-    group_ids, changed = partitions(emb)
     series = census_series(group_ids)
     events, lineages = _follow(group_ids, changed, steps, set(ns or ()))
     last_record = _last_change(changed)
@@ -222,7 +246,7 @@ def census(embeddings: np.ndarray, dtype: str, steps, *, never_seen=None, traine
               "trained": _frozen_from(last_record, tr, steps) if tr is not None else None,
               "never_seen": _frozen_from(last_record, ns, steps) if ns is not None else None}
     return Census(
-        shape=tuple(int(x) for x in emb.shape), dtype=dtype, steps=steps, group_ids=group_ids,
+        shape=tuple(int(x) for x in shape), dtype=dtype, steps=steps, group_ids=group_ids,
         changed=changed, events=events, lineages=lineages,
         last_motion=[None if r < 0 else int(steps[r]) for r in last_record],
         frozen_from=frozen, never_seen=_never_seen_summary(group_ids, steps, ns, lineages),
@@ -365,6 +389,41 @@ def _group_records(block: np.ndarray) -> np.ndarray:
     if n == 0:
         return np.empty((0, V), np.int32)
     h = np.asarray(hash_rows(block.reshape(n * V, width))).reshape(n, V)
+    return _grouped(block, h)
+
+
+def row_groups(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One matrix's partition and per-row digests, in one pass over its bytes.
+
+    ``rows``: a 2-D matrix (any dtype; bit identity of its rows). Returns the group ids
+    (int32 [V], each token's smallest fellow member, as ``group_ids`` of a census) and a
+    128-bit digest per row (uint64 [V, 2]): the census's row hash of the bytes, and the same
+    hash of the bytes reversed. Groups are exact (hash, sort, then byte comparison, as
+    :func:`census`); the digests let two matrices read at different times be compared row by
+    row without holding both: a row whose digest differs changed, and a change confined to one
+    8-byte word always changes the first half (its multiplier is odd).
+
+    >>> ids, digests = row_groups(np.array([[1, 2], [3, 4], [1, 2]], np.float32))
+    >>> ids.tolist(), bool((digests[0] == digests[2]).all()), bool((digests[0] == digests[1]).all())
+    ([0, 1, 0], True, False)
+    """
+    if rows.ndim != 2:
+        raise BlackholesError(f"expected a 2-D matrix, got shape {list(rows.shape)}")
+    data = np.ascontiguousarray(rows).view(np.uint8).reshape(rows.shape[0], -1)
+    V, width = data.shape
+    digests = np.empty((V, 2), np.uint64)
+    per = max(1, (1 << 20) // max(width, 1))  # ~1 MiB at a time: the products stay in cache
+    for a in range(0, V, per):
+        chunk = data[a : a + per]
+        digests[a : a + per, 0] = hash_rows(chunk)
+        digests[a : a + per, 1] = hash_rows(np.ascontiguousarray(chunk[:, ::-1]))
+    ids = _grouped(data[None], np.ascontiguousarray(digests[:, 0])[None])[0]
+    return ids, digests
+
+
+def _grouped(block: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Canonical group ids of records [n, V, width] whose row hashes ``h`` [n, V] are known."""
+    n, V, _ = block.shape
     order = np.argsort(h, axis=1, kind="stable")  # stable: within a run of one hash, ids ascend
     sh = np.take_along_axis(h, order, axis=1)
     first = np.ones((n, V), bool)

@@ -23,6 +23,7 @@ from blackholes import __version__
 from blackholes.cli import census as census_cli
 from blackholes.cli import dynamics as dynamics_cli
 from blackholes.cli import export as export_cli
+from blackholes.cli import history as history_cli
 from blackholes.cli import map as map_cli
 from blackholes.cli import repair as repair_cli
 from blackholes.cli import reproduce as reproduce_cli
@@ -40,6 +41,7 @@ COMMANDS = [
     (map_cli.add_parser, map_cli.run),
     (reproduce_cli.add_parser, reproduce_cli.run),
     (dynamics_cli.add_parser, dynamics_cli.run),
+    (history_cli.add_parser, history_cli.run),
     (train_cli.add_parser, train_cli.run),
     (export_cli.add_parser, export_cli.run),
     (repair_cli.add_parser, repair_cli.run),

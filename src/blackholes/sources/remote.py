@@ -455,6 +455,9 @@ def _unexpected(source: str, endpoint: str, e: BaseException) -> BlackholesError
                            f"({type(e).__name__}: {why(e)[:120]}); is HF_ENDPOINT a Hub?: {source}")
 
 
+hub_call = _hub_call  # public name: sources.series lists a model's refs through it, worded the same
+
+
 # -- any other fsspec URL (s3://, gs://, memory://, ...) -------------------------------------------
 
 

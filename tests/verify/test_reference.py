@@ -1,0 +1,82 @@
+"""THE REFERENCE CHECK: a plain batch-1 ``generate()`` loop, written here from the method's description (Land &
+Bartolo 2024), gives the same verdict and the same probabilities (within 1e-4 relative, float32) as ``verify``."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from blackholes.verify import verify
+from blackholes.verify.prompts import PROMPTS
+
+
+def reference(model, tokenizer, token_id: int, placeholder_id: int, placeholder: str) -> dict:
+    """For each prompt: encode its text around the placeholder, put the token's id where the placeholder's was,
+    generate 3 tokens greedily at batch 1, and take the token's highest softmax probability over those steps."""
+    import torch
+
+    out = {}
+    for template in PROMPTS:
+        ids = tokenizer(template.text(placeholder), return_tensors="pt").input_ids
+        assert int((ids == placeholder_id).sum()) == template.slots
+        ids[ids == placeholder_id] = token_id
+        with torch.inference_mode():
+            gen = model.generate(ids, max_new_tokens=3, do_sample=False, output_logits=True,
+                                 return_dict_in_generate=True, pad_token_id=model.config.eos_token_id)
+        out[template.name] = max(float(torch.softmax(step[0].float(), -1)[token_id]) for step in gen.logits)
+    return out
+
+
+def magikarp_verdict(p: float) -> str:
+    return ("strong_rejected" if p > 0.9 else "weak_rejected" if p > 0.1 else
+            "strong_verified" if p < 0.001 else "weak_verified")
+
+
+def close(a: float, b: float) -> bool:
+    return a == b or abs(a - b) <= 1e-4 * max(abs(a), abs(b))
+
+
+@pytest.mark.parametrize("batch_size", [7])
+def test_verify_agrees_with_the_batch_1_generate_loop(lm, batch_size):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokens = lm["dead"][:6] + lm["copy"][:5] + [40, 77, 101, 150, 222, 299, 350, 398]
+    v = verify(str(lm["folder"]), tokens, device="cpu", batch_size=batch_size, progress=False,
+               skip_rejected=False)
+    model = AutoModelForCausalLM.from_pretrained(lm["folder"], dtype="float32").eval()
+    tokenizer = AutoTokenizer.from_pretrained(lm["folder"])
+    verdicts = set()
+    for t in v.tokens:
+        ref = reference(model, tokenizer, t.id, v.placeholder["id"], v.placeholder["text"])
+        for name, p in ref.items():
+            assert close(t.probs[name], p), (t.id, name, t.probs[name], p)
+        best = max(ref.values())
+        assert close(t.max_prob, best) and t.verdict == magikarp_verdict(best), (t, ref)
+        verdicts.add(t.verdict)
+    assert {"strong_verified", "strong_rejected", "weak_verified"} <= verdicts  # the planted behaviour shows
+    assert all(t.verdict == "strong_verified" for t in v.tokens if t.id in lm["dead"])
+    assert all(t.verdict == "strong_rejected" for t in v.tokens if t.id in lm["copy"])
+    assert all(0 < t.max_prob < 1e-3 for t in v.tokens if t.id in lm["dead"])  # tiny, yet not underflowed
+
+
+def test_dropping_strong_rejected_tokens_changes_no_verdict(lm):
+    tokens = lm["dead"][:3] + lm["copy"][:4] + [77, 101]
+    full = verify(str(lm["folder"]), tokens, device="cpu", batch_size=4, progress=False, skip_rejected=False)
+    fast = verify(str(lm["folder"]), tokens, device="cpu", batch_size=4, progress=False)
+    for a, b in zip(full.tokens, fast.tokens):
+        assert a.id == b.id and a.verdict == b.verdict and close(a.max_prob, b.max_prob)
+        for name, p in b.probs.items():
+            assert p is None or close(p, a.probs[name])
+    skipped = [b for b in fast.tokens if None in b.probs.values()]
+    assert skipped and all(b.verdict == "strong_rejected" for b in skipped)
+
+
+def test_batch_size_does_not_change_the_answers(lm):
+    tokens = lm["dead"][:2] + lm["copy"][:2] + [77, 101, 150]
+    one = verify(str(lm["folder"]), tokens, device="cpu", batch_size=1, progress=False)
+    many = verify(str(lm["folder"]), tokens, device="cpu", batch_size=16, progress=False)
+    for a, b in zip(one.tokens, many.tokens):
+        assert a.verdict == b.verdict
+        assert all(close(a.probs[k], b.probs[k]) for k in a.probs if a.probs[k] is not None)
+    assert not math.isnan(one.tokens[0].max_prob)

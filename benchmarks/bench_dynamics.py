@@ -123,7 +123,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from blackholes.analysis.dynamics import analyze
-    from blackholes.render.dynamics import format_ids
+    from blackholes.analysis.ids import format_ids
 
     tmp = None
     if args.recording:

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from blackholes.cli import main
 from support import SHARED, assert_one_line_error
-from blackholes.analysis.dynamics import _pairwise, analyze, parse_steps, parse_tokens
+from blackholes.analysis.dynamics import _pairwise, analyze
+from blackholes.analysis.ids import parse_steps, parse_tokens
 from blackholes.io.dtypes import key_bits, ulp_key
 from blackholes.io.dtypes import ulp_spacing as _ulp
 from blackholes.errors import BlackholesError
@@ -287,7 +288,7 @@ def test_order_key_sorts_like_floats(values):
 def test_public_helpers_shared_with_reproduce():
     from blackholes.pipelines import reproduce as report
     from blackholes.analysis.dynamics import finite_or_none, never_drawn_tokens
-    from blackholes.render.dynamics import format_bytes, format_ids
+    from blackholes.analysis.ids import format_bytes, format_ids
 
     assert format_ids([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
     assert format_bytes([65, 0, 32, 96, 300]) == "A \\x00 \\x20 \\x60 300"

@@ -21,14 +21,13 @@ Recording: run.safetensors
 from __future__ import annotations
 
 import hashlib
-import math
 import os
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
+from blackholes.analysis.dynamics_result import QUANTITIES, DynamicsResult, finite_or_none, json_safe
+from blackholes.analysis.ids import as_int, parse_steps, parse_tokens
 from blackholes.errors import BlackholesError
 from blackholes.training.corpus import read_corpus
 from blackholes.training.recording import Recording
@@ -36,83 +35,9 @@ from blackholes.io.dtypes import BITS, key_bits, to_float32, to_float64, ulp_key
 
 DEFAULT_STEPS = (0, 1, 2, 10, 100, 1000, 10000)
 REQUIRED_KEYS = ("embeddings", "grads", "logits")
-QUANTITIES = ("logits", "grads", "positions")
 NEARLY = 1e-3  # the original's "nearly identical" threshold
 
 _CHUNK_BYTES = 8 << 20  # steps are processed ~8 MB at a time
-
-
-# ---------------------------------------------------------------------------- result
-
-
-@dataclass
-class DynamicsResult:
-    """Everything :func:`analyze` found; ``report()`` prints it, ``to_json()`` saves it.
-
-    Per-step series (numpy arrays, one value per recorded step, NaN where a value
-    does not apply, e.g. gradients at step 0) are in ``series``.
-    """
-
-    recording: str
-    dtype: str
-    shape: tuple[int, int, int]  # (recorded steps, vocab, dim)
-    untrained_tokens: list[int]
-    untrained_source: str  # "corpus", "tokens" or "metadata"
-    trained_tokens: list[int]
-    recorded_steps: list[int]
-    identical_all_steps: dict[str, bool]
-    first_divergence: dict[str, int | None]
-    value_equal_not_bitwise: dict[str, list[int]]  # steps where rows differ only in the sign of zero
-    trained_identical_all_steps: dict[str, bool]
-    trained_first_divergence: dict[str, int | None]
-    never_drawn_tokens: list[int] | None  # in the corpus, never drawn into a batch (None: no counts)
-    never_drawn: dict | None  # does that second set stay in the hole?
-    freeze: dict
-    sampled: list[dict]
-    skipped_steps: list[int]
-    notes: list[str]
-    metadata: dict
-    series: dict[str, np.ndarray] = field(repr=False)
-    rigid_body: bool = False
-    verdict: str = ""
-
-    def to_json(self) -> dict:
-        """A JSON-safe dict (NaN and inf become null).
-
-        >>> from blackholes.io.atomic import write_json
-        >>> write_json("dynamics.json", analyze("run.safetensors").to_json())
-        """
-        return {
-            "recording": self.recording,
-            "dtype": self.dtype,
-            "shape": {"recorded_steps": self.shape[0], "vocab": self.shape[1], "dim": self.shape[2]},
-            "metadata": self.metadata,
-            "untrained_tokens": self.untrained_tokens,
-            "untrained_source": self.untrained_source,
-            "trained_tokens": self.trained_tokens,
-            "recorded_steps": self.recorded_steps,
-            "identical_all_steps": self.identical_all_steps,
-            "first_divergence": self.first_divergence,
-            "value_equal_not_bitwise": self.value_equal_not_bitwise,
-            "trained_identical_all_steps": self.trained_identical_all_steps,
-            "trained_first_divergence": self.trained_first_divergence,
-            "never_drawn_tokens": self.never_drawn_tokens,
-            "never_drawn": self.never_drawn,
-            "freeze": self.freeze,
-            "rigid_body": self.rigid_body,
-            "verdict": self.verdict,
-            "sampled": _json_safe(self.sampled),
-            "skipped_steps": self.skipped_steps,
-            "notes": self.notes,
-            "series": {name: _json_list(values, boolean=name.endswith("_identical"))
-                       for name, values in self.series.items()},
-        }
-
-    def report(self) -> str:
-        """The printed report: the original's three sections, then every step."""
-        from blackholes.render.dynamics import render_report
-
-        return render_report(self)
 
 
 # ---------------------------------------------------------------------------- analyze
@@ -266,34 +191,6 @@ def _never_drawn_summary(per_group: dict, skips: dict, steps: np.ndarray, series
     return never
 
 
-def parse_steps(steps: Iterable[int] | str, last: int | None = None) -> list[int]:
-    """``"0,1,2,10"`` or ``[0, 1, 2, 10]`` -> sorted unique training steps.
-
-    With ``last`` (the recording's last step) a range ending beyond it is refused
-    before it is expanded; single steps beyond it are kept (the report skips them).
-
-    >>> parse_steps("0,1,2,10,100")
-    [0, 1, 2, 10, 100]
-    """
-    if isinstance(steps, str):
-        limit = None if last is None else (last, f"the recording's last step {last}")
-        values = _parse_ids(steps, what="step", range_limit=limit)
-    else:
-        values = [_as_int(s, "step") for s in steps]
-    return sorted(set(values))
-
-
-def parse_tokens(text: str, vocab: int | None = None) -> list[int]:
-    """``"1,2,5-9"`` -> ``[1, 2, 5, 6, 7, 8, 9]``; with ``vocab``, ids outside it are refused
-    before any range is expanded (so ``0-1000000000`` fails at once).
-
-    >>> parse_tokens("0-3,10")
-    [0, 1, 2, 3, 10]
-    """
-    limit = None if vocab is None else (vocab - 1, f"the vocabulary (0-{vocab - 1})")
-    return sorted(set(_parse_ids(text, what="token id", limit=limit)))
-
-
 # ---------------------------------------------------------------------------- reading
 
 
@@ -318,7 +215,7 @@ class _Recording(Recording):
     def summary_metadata(self) -> dict:
         keep = ("sigma", "seed", "dtype", "precision", "init", "complete", "interrupted_at_step", "corpus_sha256",
                 "centre")
-        return _json_safe({k: self.metadata[k] for k in keep if k in self.metadata})
+        return json_safe({k: self.metadata[k] for k in keep if k in self.metadata})
 
 
 def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tuple[list[int], str]:
@@ -344,7 +241,7 @@ def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tupl
             notes.append("the corpus differs from the one this recording was trained on (sha256 mismatch)")
         source = "corpus"
     elif tokens is not None:
-        untrained = parse_tokens(tokens, vocab=vocab) if isinstance(tokens, str) else sorted({_as_int(t, "token id") for t in tokens})
+        untrained = parse_tokens(tokens, vocab=vocab) if isinstance(tokens, str) else sorted({as_int(t, "token id") for t in tokens})
         source = "tokens"
     else:
         never = rec.meta_json("never_seen")
@@ -511,26 +408,6 @@ def group_mean(bits: np.ndarray, dtype: str) -> np.ndarray:
     return mean
 
 
-def finite_or_none(x) -> float | None:
-    """``x`` as a float when it is a finite number, else None (for JSON and reports).
-
-    >>> finite_or_none(np.float32(2.5)), finite_or_none(float("nan")), finite_or_none("x")
-    (2.5, None, None)
-    """
-    try:
-        x = float(x)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _nanmax(x: np.ndarray) -> float:
-    """Max ignoring NaN; NaN (without numpy's all-NaN warning) when nothing is finite or x is empty."""
-    x = np.asarray(x, dtype=np.float64)
-    x = x[~np.isnan(x)]
-    return float(x.max()) if x.size else math.nan
-
-
 def _first_false(identical: np.ndarray, skip: np.ndarray, steps: np.ndarray) -> int | None:
     broken = np.flatnonzero(~identical & ~skip)
     return int(steps[broken[0]]) if broken.size else None
@@ -682,54 +559,3 @@ def _broken_link(r: DynamicsResult, step: int) -> str:
 # ---------------------------------------------------------------------------- helpers
 
 
-def _as_int(value, what: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise BlackholesError(f"{what} must be an integer, got {value!r}")
-    if value < 0:
-        raise BlackholesError(f"{what} must not be negative, got {value}")
-    return int(value)
-
-
-def _parse_ids(text: str, what: str, limit: tuple[int, str] | None = None,
-               range_limit: tuple[int, str] | None = None) -> list[int]:
-    """``limit`` = (largest allowed id, its description) for every id; ``range_limit`` for range ends only.
-    Both are checked before a range is expanded: ``0-1000000000`` must not build a billion-item list."""
-    out = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            a = int(lo)
-            b = int(hi) if sep else a
-        except ValueError:
-            raise BlackholesError(f"bad {what} list {text!r}: expected e.g. '1,2,5-9'") from None
-        if b < a:
-            raise BlackholesError(f"bad {what} range {part!r}: end before start")
-        if limit is not None and b > limit[0]:
-            raise BlackholesError(f"{what} {b} is outside {limit[1]}")
-        if sep and range_limit is not None and b > range_limit[0]:
-            raise BlackholesError(f"{what} range {part!r} goes beyond {range_limit[1]}")
-        out.extend(range(a, b + 1))
-    if not out:
-        raise BlackholesError(f"empty {what} list {text!r}")
-    return out
-
-
-def _json_list(values: np.ndarray, boolean: bool = False) -> list:
-    if np.issubdtype(np.asarray(values).dtype, np.integer):
-        return [int(v) for v in values]
-    arr = np.asarray(values, dtype=np.float64)
-    if boolean:
-        return [None if not math.isfinite(v) else bool(v) for v in arr.tolist()]
-    return [None if not math.isfinite(v) else v for v in arr.tolist()]
-
-
-def _json_safe(obj):
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
-    return obj

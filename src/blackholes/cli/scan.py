@@ -105,7 +105,7 @@ def options(args) -> dict:
     """The analysis options of scan, from the command line (shared with census)."""
     reference = None
     if getattr(args, "reference", None):
-        from blackholes.analysis.dynamics import parse_tokens
+        from blackholes.analysis.ids import parse_tokens
 
         reference = parse_tokens(args.reference)
     if reference is not None and not args.indicators:

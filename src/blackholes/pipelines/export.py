@@ -187,7 +187,7 @@ def token_set(doc: dict | None, spec: str, rows: int) -> tuple[list[int], dict[s
     >>> token_set({"shape": [10, 4], "groups": [{"token_ids": [2, 3]}]}, "holes,7-8", 10)
     ([2, 3, 7, 8], {'holes': 2, 'ids': 2}, [7, 8])
     """
-    from blackholes.analysis.dynamics import parse_tokens
+    from blackholes.analysis.ids import parse_tokens
 
     parts = [p.strip() for p in str(spec).split(",") if p.strip()]
     if not parts:

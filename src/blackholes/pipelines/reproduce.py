@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from blackholes.analysis.dynamics import finite_or_none, never_drawn_tokens
-from blackholes.render.dynamics import format_bytes
+from blackholes.analysis.ids import format_bytes
 from blackholes.errors import BlackholesError
 
 # Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from blackholes.render.dynamics import format_bytes
+from blackholes.analysis.ids import format_bytes
 from blackholes.render.page import Document
 
 

@@ -1,53 +1,136 @@
-"""The printed dynamics report, and the id/byte formatting the reports share.
+"""The result of :func:`blackholes.analysis.dynamics.analyze`: the dataclass, its JSON, its printed report.
 
->>> format_ids([0, 1, 2, 5, 7, 8])
-'0-2, 5, 7-8'
+The report is the original analysis' three sections (logits, gradients, positions)
+at the sampled steps, then every recorded step and the summary. Numpy only.
+
+>>> print(format_ids([0, 1, 2, 5, 7, 8]))
+0-2, 5, 7-8
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import numpy as np
 
-from blackholes.analysis.dynamics import QUANTITIES, _nanmax
+from blackholes.analysis.ids import format_bytes, format_ids
+
+QUANTITIES = ("logits", "grads", "positions")
 
 
-def format_ids(ids: list[int]) -> str:
-    """Sorted ids as runs.
+# ---------------------------------------------------------------------------- result
 
-    >>> format_ids([0, 1, 2, 5, 7, 8])
-    '0-2, 5, 7-8'
+
+@dataclass
+class DynamicsResult:
+    """Everything :func:`~blackholes.analysis.dynamics.analyze` found; ``report()`` prints it, ``to_json()`` saves it.
+
+    Per-step series (numpy arrays, one value per recorded step, NaN where a value
+    does not apply, e.g. gradients at step 0) are in ``series``.
     """
-    parts, run = [], []
-    for t in ids:
-        if run and t == run[-1] + 1:
-            run.append(t)
-        else:
-            if run:
-                parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-            run = [t]
-    if run:
-        parts.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else f"{run[0]}")
-    return ", ".join(parts)
+
+    recording: str
+    dtype: str
+    shape: tuple[int, int, int]  # (recorded steps, vocab, dim)
+    untrained_tokens: list[int]
+    untrained_source: str  # "corpus", "tokens" or "metadata"
+    trained_tokens: list[int]
+    recorded_steps: list[int]
+    identical_all_steps: dict[str, bool]
+    first_divergence: dict[str, int | None]
+    value_equal_not_bitwise: dict[str, list[int]]  # steps where rows differ only in the sign of zero
+    trained_identical_all_steps: dict[str, bool]
+    trained_first_divergence: dict[str, int | None]
+    never_drawn_tokens: list[int] | None  # in the corpus, never drawn into a batch (None: no counts)
+    never_drawn: dict | None  # does that second set stay in the hole?
+    freeze: dict
+    sampled: list[dict]
+    skipped_steps: list[int]
+    notes: list[str]
+    metadata: dict
+    series: dict[str, np.ndarray] = field(repr=False)
+    rigid_body: bool = False
+    verdict: str = ""
+
+    def to_json(self) -> dict:
+        """A JSON-safe dict (NaN and inf become null).
+
+        >>> from blackholes.analysis.dynamics import analyze
+        >>> from blackholes.io.atomic import write_json
+        >>> write_json("dynamics.json", analyze("run.safetensors").to_json())
+        """
+        return {
+            "recording": self.recording,
+            "dtype": self.dtype,
+            "shape": {"recorded_steps": self.shape[0], "vocab": self.shape[1], "dim": self.shape[2]},
+            "metadata": self.metadata,
+            "untrained_tokens": self.untrained_tokens,
+            "untrained_source": self.untrained_source,
+            "trained_tokens": self.trained_tokens,
+            "recorded_steps": self.recorded_steps,
+            "identical_all_steps": self.identical_all_steps,
+            "first_divergence": self.first_divergence,
+            "value_equal_not_bitwise": self.value_equal_not_bitwise,
+            "trained_identical_all_steps": self.trained_identical_all_steps,
+            "trained_first_divergence": self.trained_first_divergence,
+            "never_drawn_tokens": self.never_drawn_tokens,
+            "never_drawn": self.never_drawn,
+            "freeze": self.freeze,
+            "rigid_body": self.rigid_body,
+            "verdict": self.verdict,
+            "sampled": json_safe(self.sampled),
+            "skipped_steps": self.skipped_steps,
+            "notes": self.notes,
+            "series": {name: _json_list(values, boolean=name.endswith("_identical"))
+                       for name, values in self.series.items()},
+        }
+
+    def report(self) -> str:
+        """The printed report: the original's three sections, then every step."""
+        return render_report(self)
 
 
-def format_bytes(ids: list[int], limit: int = 256) -> str:
-    """Byte ids as readable characters, space-separated; unprintable bytes, the space and the
-    Markdown marks `` ` | * \\ `` as ``\\xNN``; ids beyond 255 as numbers.
+def finite_or_none(x) -> float | None:
+    """``x`` as a float when it is a finite number, else None (for JSON and reports).
 
-    >>> print(format_bytes([65, 0, 32, 300]))
-    A \\x00 \\x20 300
+    >>> finite_or_none(np.float32(2.5)), finite_or_none(float("nan")), finite_or_none("x")
+    (2.5, None, None)
     """
-    shown = []
-    for t in ids[:limit]:
-        c = chr(t) if t < 256 else None
-        if c is not None and c.isprintable() and c not in " `|*\\":
-            shown.append(c)
-        elif t < 256:
-            shown.append(f"\\x{t:02x}")
-        else:
-            shown.append(str(t))
-    more = f" … (+{len(ids) - limit})" if len(ids) > limit else ""
-    return " ".join(shown) + more
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def nanmax(x: np.ndarray) -> float:
+    """Max ignoring NaN; NaN (without numpy's all-NaN warning) when nothing is finite or x is empty."""
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.max()) if x.size else math.nan
+
+
+def _json_list(values: np.ndarray, boolean: bool = False) -> list:
+    if np.issubdtype(np.asarray(values).dtype, np.integer):
+        return [int(v) for v in values]
+    arr = np.asarray(values, dtype=np.float64)
+    if boolean:
+        return [None if not math.isfinite(v) else bool(v) for v in arr.tolist()]
+    return [None if not math.isfinite(v) else v for v in arr.tolist()]
+
+
+def json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------- the printed report
 
 
 def render_report(r) -> str:
@@ -143,10 +226,10 @@ def _every_step(r) -> list[str]:
     path = float(np.nansum(disp))
     gn = r.series["shared_grad_norm"][1:]
     body.append(f"  Centroid: travelled {path:.6e} in total, ending {r.series['centroid_distance_from_start'][-1]:.6e}"
-                f" from where it started; speed max {_nanmax(r.series['speed'][1:]):.6e} per step,"
+                f" from where it started; speed max {nanmax(r.series['speed'][1:]):.6e} per step,"
                 f" last {r.series['speed'][-1]:.6e}")
     which = "Shared gradient norm" if r.identical_all_steps["grads"] else "Norm of the untrained tokens' mean gradient"
-    body.append(f"  {which}: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {_nanmax(gn):.6e}")
+    body.append(f"  {which}: first {gn[0]:.6e}, last {gn[-1]:.6e}, max {nanmax(gn):.6e}")
     return body + _freeze_lines(r) + _never_drawn_lines(r)
 
 

@@ -118,3 +118,35 @@ def tree_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (to prove a command wrote or changed nothing)."""
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def tiny_llama_with_tokenizer(folder: Path) -> tuple[Path, list[int]]:
+    """A 300-token Llama with its byte-level BPE tokenizer (trained on the package's corpus) saved beside it, as
+    `blackholes.verify` loads whole models; returns (folder, hole): merged tokens 280-285, one row in both matrices,
+    whose output row points against the constant coordinate 0, so the model never produces them."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    corpus = Path(__file__).resolve().parents[1] / "src" / "blackholes" / "data" / "default_corpus.txt"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train([str(corpus)], trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                 show_progress=False,
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    vocab = tok.get_vocab_size()
+    hole = list(range(vocab - 20, vocab - 14))
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         tie_word_embeddings=False, bos_token_id=None, eos_token_id=0, pad_token_id=None)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 8.0
+        for m in (model.model.embed_tokens.weight, model.lm_head.weight):
+            m[hole] = m[hole[0]].clone()
+        model.lm_head.weight[hole, 0] = -6.0
+    model.save_pretrained(folder, safe_serialization=True)
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(folder)
+    return folder, hole

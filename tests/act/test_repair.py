@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 import pytest
-from act_helpers import HOLE, gguf_model, ollama_store, sharded, tiny_llama, tree_digest
+from act_helpers import HOLE, gguf_model, ollama_store, sharded, tiny_llama, tiny_llama_with_tokenizer, tree_digest
 from support import assert_one_line_error, run_blackholes
 
 from blackholes.io.dtypes import bf16_from_float32, to_float64
@@ -208,3 +208,22 @@ def test_the_readme_path_scan_repair_export(tmp_path):
     rows = model.lm_head.weight.detach().numpy()[HOLE]
     assert (rows == rows[0]).all() and not (rows[0] == np.asarray(
         _safetensors_rows(src / "model.safetensors", "lm_head.weight")[1][HOLE[0]])).all()
+
+
+def test_verify_before_and_after_side_by_side(tmp_path):
+    pytest.importorskip("blackholes.verify")  # the verifier, when this tree has it
+    pytest.importorskip("torch")
+    src, hole = tiny_llama_with_tokenizer(tmp_path / "model")
+    out = tmp_path / "fixed"
+    p = run_blackholes("repair", src, "--out", out, "--recipe", "mean-cov", "--verify", timeout=600)
+    assert p.returncode == 0, p.stderr
+    v = json.loads((out / "repair.json").read_text())["verification"]
+    assert [row["id"] for row in v["tokens"]] == hole
+    for row in v["tokens"]:  # planted never-produced before; the recipe's rows are ordinary rows after
+        assert row["before"]["verdict"] == "strong_verified" and row["before"]["max_prob"] < 1e-6
+        assert row["after"]["max_prob"] > row["before"]["max_prob"]
+    assert "Verified before and after" in (out / "repair.md").read_text()
+    lone = tmp_path / "lone"
+    p = run_blackholes("repair", src / "model.safetensors", "--out", lone, "--verify")
+    assert_one_line_error(p.returncode, p.stderr, "whole model")
+    assert not lone.exists()

@@ -41,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--matrix", choices=("input", "output", "both"), default="both",
                    help="which matrices to repair (default: both; a tied matrix is repaired once)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="mean-cov: the random seed (default 0)")
+    p.add_argument("--verify", action="store_true",
+                   help="verify the repaired tokens with the model itself (magikarp), before and after, side by side "
+                        "(SOURCE must be a whole model: a folder with its tokenizer, a GGUF, an Ollama model)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     return p
 
@@ -49,7 +52,7 @@ def run(args) -> int:
     from blackholes.pipelines.repair import repair
 
     result = repair(args.source, args.out, tokens=args.tokens, scan=args.scan, recipe=args.recipe,
-                    matrix=args.matrix, seed=args.seed)
+                    matrix=args.matrix, seed=args.seed, verify=args.verify)
     if not args.quiet:
         r = result.report
         for c in r["changed"]:
@@ -59,5 +62,9 @@ def run(args) -> int:
         print(f"Unchanged: every other byte; {n:,} other tensors and {len(r['unchanged_files']):,} other files "
               "hash the same")
         print(f"Re-scan: {r['check']['summary']}")
+        if r.get("verification"):
+            v = r["verification"]
+            print(f"Verified before and after: {v['verdicts_changed']:,} of {len(v['tokens']):,} verdicts changed "
+                  "(side by side in repair.md)")
     print(f"Repaired copy: {result.out}/  (report: repair.md, repair.json)")
     return 0

@@ -219,7 +219,9 @@ def special_tokens(doc: dict) -> dict[int, str]:
     found: dict[int, str] = {}
     path = next((m.get("path") for m in matrices(doc) if isinstance(m.get("path"), str)), None)
     if path and Path(path).is_file():
-        found.update(_from_gguf(Path(path)) if _is_gguf(Path(path)) else _from_folder(Path(path).parent))
+        from blackholes.sources.load import is_gguf
+
+        found.update(_from_gguf(Path(path)) if is_gguf(Path(path)) else _from_folder(Path(path).parent))
     for m in matrices(doc):
         for g in m.get("groups") or []:
             if isinstance(g, dict):
@@ -234,11 +236,6 @@ def _from_categories(group: dict) -> dict[int, str]:
         return {}
     return {i: f"special token {t!r} (scan category)" for i, t, k in zip(ids, texts, kinds)
             if _is_id(i) and k in ("special", "control") and isinstance(t, str) and TEMPLATE_TEXT.match(t.strip())}
-
-
-def _is_gguf(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
 
 
 def _from_gguf(path: Path) -> dict[int, str]:

@@ -69,6 +69,7 @@ class Plan:
     files: dict[Path, str]  # source file -> path relative to the output folder
     targets: list[Target] = field(default_factory=list)
     roots: list[Path] = field(default_factory=list)  # folders the source reads (the copy must not be inside)
+    reads: list[Path] = field(default_factory=list)  # every file loading it read (Matrix.read_files)
 
 
 @dataclass
@@ -108,6 +109,7 @@ def plan(source, matrix: str = "both") -> Plan:
         loaded = {"input+output": loaded["input"]}
     for which, m in loaded.items():
         p.targets.append(_target(which, m))
+        p.reads += [Path(f) for f in m.read_files()]
     rows = {t.matrix.shape[0] for t in p.targets}
     if len(rows) > 1:
         raise BlackholesError(f"the input and output matrices of {text} have different rows ({sorted(rows)}); "
@@ -327,11 +329,16 @@ def check_out(out, p: Plan) -> Path:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BlackholesError(f"cannot write to {parent} (permission denied)")
     real = parent.resolve() / out.name
-    for src in [*p.roots, *p.files]:
+    for src in [*p.roots, *p.files, *p.reads]:
         for s in {Path(os.path.abspath(src)), Path(src).resolve()}:
             if real == s or s in real.parents:
                 raise BlackholesError(f"--out {out} is inside the source ({s}); choose a folder outside it")
     return out
+
+
+def copy_path(p: Plan, folder: Path) -> str:
+    """The copy as a model path: the folder for a model folder, else the one weights file."""
+    return str(folder) if p.roots and p.kind != "ollama" else str(folder / p.files[p.targets[0].file])
 
 
 def write_copy(p: Plan, tmp: Path, ids: list[int], rows: dict[str, np.ndarray]) -> None:
@@ -355,16 +362,18 @@ def write_copy(p: Plan, tmp: Path, ids: list[int], rows: dict[str, np.ndarray]) 
 
 
 def repair(source, out, *, tokens: str = "holes", scan=None, recipe: str = "mean", matrix: str = "both",
-           seed: int = 0, log=None) -> RepairResult:
+           seed: int = 0, verify: bool = False) -> RepairResult:
     """Write a repaired copy of ``source`` into the new folder ``out``: the rows of ``tokens``
     (holes, verified, ids; sets of the ``scan`` JSON when given) replaced by ``recipe``'s rows
-    in the ``matrix`` matrices; re-scanned and checked (see ``RepairResult.report``).
+    in the ``matrix`` matrices; re-scanned and checked (see ``RepairResult.report``). ``verify``:
+    the model itself verifies the repaired tokens before and after (:mod:`blackholes.verify`;
+    the source must be a model it can load: a folder with its tokenizer, a GGUF, Ollama).
 
     >>> r = repair("model.safetensors", "fixed-zero", tokens="8-15", recipe="zero", matrix="output")
     >>> r.report["check"]["known_group"], r.report["bytes_outside_rows_identical"]
     (True, True)
     """
-    from blackholes.pipelines.repair_check import prove, rescan, write_report
+    from blackholes.pipelines.repair_check import prove, rescan, side_by_side, verdicts, write_report
 
     if recipe not in RECIPES:
         raise BlackholesError(f"unknown recipe {recipe!r}; one of {', '.join(RECIPES)}")
@@ -372,15 +381,19 @@ def repair(source, out, *, tokens: str = "holes", scan=None, recipe: str = "mean
     out = check_out(out, p)
     ids, sizes, _ = repair_tokens(p, tokens, scan)
     rows = {t.which: encode(recipe_values(t.matrix, ids, recipe, seed), t.matrix) for t in p.targets}
+    before = verdicts(p.source, ids) if verify else None  # a model verify cannot load: refused before writing
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         write_copy(p, tmp, ids, rows)
         report = {"format": "blackholes.repair", "source": p.source, "kind": p.kind, "recipe": recipe,
                   "seed": seed if recipe == "mean-cov" else None, "tokens": str(tokens), "sets": sizes,
                   "from": None if scan is None else str(scan), "token_ids": ids, "rows": len(ids),
-                  "metadata": "headers untouched: the repair is recorded here, not in the weight files"}
+                  "metadata": "every header is the source's (safetensors __metadata__, GGUF metadata): the repair is "
+                              "recorded in repair.json and repair.md only"}
         report.update(prove(p, tmp, ids))
         report["check"] = rescan(p, tmp, ids, recipe)
+        if verify:
+            report["verification"] = side_by_side(before, verdicts(copy_path(p, tmp), ids))
         write_report(tmp, report)
         if out.exists():
             out.rmdir()  # an empty folder the caller made: replaced by the finished copy

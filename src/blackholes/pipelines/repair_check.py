@@ -38,9 +38,9 @@ def sha256_range(path: Path, start: int, stop: int) -> str:
 
 def tensor_spans(path: Path) -> dict[str, tuple[int, int]]:
     """Every tensor of a safetensors or GGUF file: name -> (start, stop) byte offsets."""
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic == b"GGUF":
+    from blackholes.sources.load import is_gguf
+
+    if is_gguf(path):
         from blackholes.sources.gguf import read_gguf_header
 
         return {t.name: (t.offset, t.offset + (t.nbytes or 0)) for t in read_gguf_header(path).tensors.values()}
@@ -73,6 +73,18 @@ def changed_bytes(before: Path, after: Path, spans: np.ndarray) -> tuple[int, in
     return differ, outside
 
 
+def rows_changed(before: Path, after: Path, t, ids: list[int]) -> int:
+    """Bytes of target ``t``'s repaired rows that differ between the two files."""
+    n = 0
+    with open(before, "rb") as a, open(after, "rb") as b:
+        for i in ids:
+            a.seek(t.offset + i * t.row_bytes)
+            b.seek(t.offset + i * t.row_bytes)
+            x, y = a.read(t.row_bytes), b.read(t.row_bytes)
+            n += int((np.frombuffer(x, np.uint8) != np.frombuffer(y, np.uint8)).sum())
+    return n
+
+
 def prove(p, tmp: Path, ids: list[int]) -> dict:
     """The ``changed`` matrices and the ``unchanged`` tensors and files, each with its sha256s."""
     by_file: dict[Path, list] = {}
@@ -88,7 +100,7 @@ def prove(p, tmp: Path, ids: list[int]) -> dict:
         targets = by_file[src]
         spans = np.array(sorted((t.offset + i * t.row_bytes, t.offset + (i + 1) * t.row_bytes)
                                 for t in targets for i in ids), np.int64).reshape(-1, 2)
-        differ, out_of_rows = changed_bytes(src, dst, spans)
+        _, out_of_rows = changed_bytes(src, dst, spans)
         outside += out_of_rows
         repaired = {t.key for t in targets}
         for name, (start, stop) in tensor_spans(src).items():
@@ -97,7 +109,7 @@ def prove(p, tmp: Path, ids: list[int]) -> dict:
                 t = next(t for t in targets if t.key == name)
                 changed.append({"matrix": t.which, "key": name, "file": rel, "dtype": t.matrix.dtype,
                                 "shape": list(t.matrix.shape), "row_bytes": t.row_bytes, "rows": len(ids),
-                                "bytes_written": len(ids) * t.row_bytes, "bytes_changed": differ,
+                                "bytes_written": len(ids) * t.row_bytes, "bytes_changed": rows_changed(src, dst, t, ids),
                                 "sha256_before": before, "sha256_after": after})
             else:
                 tensors.setdefault(rel, {})[name] = {"sha256_before": before, "sha256_after": after,
@@ -136,6 +148,24 @@ def rescan(p, tmp: Path, ids: list[int], recipe: str) -> dict:
             "ok": known if one_vector else distinct, "summary": words}
 
 
+def verdicts(model: str, ids: list[int]) -> dict[int, dict]:
+    """id -> the verifier's {max_prob, verdict, text} for ``ids`` of ``model`` (magikarp's method)."""
+    from blackholes.verify import verify
+
+    result = verify(model, ids, progress=False)
+    return {t.id: {"text": t.text, "max_prob": t.max_prob, "verdict": t.verdict} for t in result.tokens}
+
+
+def side_by_side(before: dict[int, dict], after: dict[int, dict]) -> dict:
+    """The verdicts of each repaired token before and after, and how many changed."""
+    rows = [{"id": i, "text": (before.get(i) or after.get(i) or {}).get("text"),
+             "before": {k: before[i][k] for k in ("max_prob", "verdict")} if i in before else None,
+             "after": {k: after[i][k] for k in ("max_prob", "verdict")} if i in after else None}
+            for i in sorted(set(before) | set(after))]
+    changed = sum(1 for r in rows if r["before"] and r["after"] and r["before"]["verdict"] != r["after"]["verdict"])
+    return {"method": "magikarp", "tokens": rows, "verdicts_changed": changed}
+
+
 def write_report(folder: Path, report: dict) -> None:
     """repair.json (everything) and repair.md (the short version) into ``folder``."""
     from blackholes.io.atomic import write_json, write_text
@@ -160,5 +190,21 @@ def report_markdown(r: dict) -> str:
               f"({'checked' if r['bytes_outside_rows_identical'] else 'NOT the case'}); {n_tensors:,} other "
               f"tensors and {len(r['unchanged_files']):,} other files hash the same before and after "
               "(sha256 of each in repair.json).", "", f"Re-scan: {r['check']['summary']}.", "",
-              f"Headers: {r['metadata']}.", ""]
+              f"Metadata: {r['metadata']}.", ""]
+    if r.get("verification"):
+        lines += _verification_lines(r["verification"])
     return "\n".join(lines)
+
+
+def _verification_lines(v: dict, top: int = 30) -> list[str]:
+    """The repaired tokens' verdicts before and after, side by side (the first ``top``)."""
+    lines = [f"Verified before and after ({v['method']}; {v['verdicts_changed']:,} verdicts changed):", "",
+             "| id | text | max prob before | verdict before | max prob after | verdict after |",
+             "|---:|---|---:|---|---:|---|"]
+    for row in v["tokens"][:top]:
+        b, a = row["before"] or {}, row["after"] or {}
+        lines.append(f"| {row['id']} | {row['text']!r} | {b.get('max_prob', float('nan')):.2e} | {b.get('verdict')} | "
+                     f"{a.get('max_prob', float('nan')):.2e} | {a.get('verdict')} |")
+    if len(v["tokens"]) > top:
+        lines.append(f"| ... | {len(v['tokens']) - top:,} more in repair.json | | | | |")
+    return lines + [""]

@@ -204,7 +204,7 @@ class ScanResult:
 
     def summary(self, top: int = 10) -> str:
         """The printed report, in the words of the original notebook."""
-        from blackholes.render.text import scan_summary
+        from blackholes.analysis.summary import scan_summary
 
         return scan_summary(self, top=top)
 

@@ -1,4 +1,5 @@
-"""Text summaries printed at the terminal."""
+"""The words of a scan: the summary :meth:`ScanResult.summary() <blackholes.analysis.groups.ScanResult.summary>`
+prints at the terminal (plain text from the result's fields; nothing is imported)."""
 
 from __future__ import annotations
 

@@ -30,6 +30,7 @@ from blackholes.cli import reproduce as reproduce_cli
 from blackholes.cli import scan as scan_cli
 from blackholes.cli import sweep as sweep_cli
 from blackholes.cli import train as train_cli
+from blackholes.cli import verify as verify_cli
 from blackholes.errors import BlackholesError
 
 # ---------------------------------------------------------------------------- main
@@ -43,6 +44,7 @@ COMMANDS = [
     (dynamics_cli.add_parser, dynamics_cli.run),
     (history_cli.add_parser, history_cli.run),
     (train_cli.add_parser, train_cli.run),
+    (verify_cli.add_parser, verify_cli.run),
     (export_cli.add_parser, export_cli.run),
     (repair_cli.add_parser, repair_cli.run),
 ]

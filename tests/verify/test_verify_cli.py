@@ -1,0 +1,122 @@
+"""``blackholes verify`` and ``scan --verify`` through the real CLI: JSON names, resuming, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from support import assert_one_line_error, run_blackholes
+
+
+def test_verify_writes_the_verification_section(lm, tmp_path):
+    out = tmp_path / "v.json"
+    ids = f"{lm['dead'][0]},{lm['copy'][0]},77"
+    p = run_blackholes("verify", lm["folder"], "--tokens", ids, "--json", out, "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())["verification"]
+    assert {"method", "model", "dtype", "thresholds", "placeholder", "seconds", "tokens"} <= set(doc)
+    assert doc["method"] == "magikarp" and doc["dtype"] == "float32" and doc["complete"] is True
+    assert doc["thresholds"] == {"strong_rejected": 0.9, "weak_rejected": 0.1, "strong_verified": 0.001,
+                                 "verified": 0.01}
+    rows = {t["id"]: t for t in doc["tokens"]}
+    assert set(rows) == {lm["dead"][0], lm["copy"][0], 77}
+    for t in rows.values():
+        assert set(t) == {"id", "text", "max_prob", "verdict", "probs", "encodable"}
+        assert set(t["probs"]) == {"input_output", "assistant_explain", "repeats"}
+    assert rows[lm["dead"][0]]["verdict"] == "strong_verified"
+    assert rows[lm["copy"][0]]["verdict"] == "strong_rejected"
+    assert "Verified (magikarp" in p.stdout
+    # Resumable: the verdicts are in v.jsonl; a second run reads them back and computes nothing new.
+    store = tmp_path / "v.jsonl"
+    lines = store.read_text().splitlines()
+    assert len(lines) == 4
+    again = run_blackholes("verify", lm["folder"], "--tokens", ids, "--json", out, "--device", "cpu")
+    assert again.returncode == 0 and store.read_text().splitlines() == lines
+    assert json.loads(out.read_text())["verification"]["tokens"] == doc["tokens"]
+
+
+def test_ctrl_c_keeps_the_verdicts_done_so_far(lm, tmp_path):
+    out, store = tmp_path / "v.json", tmp_path / "v.jsonl"
+    cmd = [sys.executable, "-m", "blackholes", "verify", str(lm["folder"]), "--tokens", "0-199", "--batch-size",
+           "2", "--json", str(out), "--device", "cpu", "--quiet"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not store.exists() or len(store.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    kept = len(store.read_text().splitlines()) - 1
+    doc = json.loads(out.read_text())["verification"]
+    assert doc["complete"] is False and len(doc["tokens"]) == kept and 2 <= kept < 200
+
+
+def test_verify_from_a_scan_report(lm, tmp_path):
+    scan = tmp_path / "scan.json"
+    p = run_blackholes("scan", lm["folder"], "--indicators", "--json", scan, "--quiet")
+    assert p.returncode == 0, p.stderr
+    report = json.loads(scan.read_text())
+    holes = sorted(t for g in report["groups"] for t in g["token_ids"])
+    assert holes == sorted(lm["dead"])  # their output rows were planted identical
+    out = tmp_path / "v.json"
+    p = run_blackholes("verify", lm["folder"], "--from", scan, "--which", "holes", "--json", out, "--device", "cpu")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(out.read_text())["verification"]
+    assert [t["id"] for t in doc["tokens"]] == holes
+    assert {t["verdict"] for t in doc["tokens"]} == {"strong_verified"}
+
+
+def _no_head(lm, folder):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(lm["folder"])
+    model.model.save_pretrained(folder)  # the base model alone: no lm_head.weight, output untied
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["LlamaForCausalLM"]
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(lm["folder"] / name, folder / name)
+    return folder
+
+
+def _too_large(folder):
+    """A folder whose safetensors header promises 2^36 float32 values (a sparse file: no disk used)."""
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    n = 1 << 36
+    header = json.dumps({"lm_head.weight": {"dtype": "F32", "shape": [1 << 20, 1 << 16],
+                                             "data_offsets": [0, n * 4]}}).encode()
+    header += b" " * (-len(header) % 8)
+    with open(folder / "model.safetensors", "wb") as f:
+        f.write(len(header).to_bytes(8, "little") + header)
+        f.truncate(8 + len(header) + n * 4)
+    return folder
+
+
+def test_bad_input_is_one_line(lm, tmp_path):
+    no_tok = tmp_path / "no_tokenizer"
+    shutil.copytree(lm["folder"], no_tok, ignore=shutil.ignore_patterns("tokenizer*"))
+    cases = [
+        (["verify", lm["folder"], "--tokens", "5,9999"], "out of range"),
+        (["verify", no_tok, "--tokens", "5"], "no tokenizer"),
+        (["verify", _no_head(lm, tmp_path / "no_head"), "--tokens", "5"], "no language-model head"),
+        (["verify", _too_large(tmp_path / "huge"), "--tokens", "5"], "model too large"),
+        (["verify", lm["folder"], "--tokens", "5", "--device", "cuda"], "no CUDA device"),
+        (["verify", lm["folder"] / "model.safetensors", "--tokens", "5"], "whole model"),
+        (["verify", lm["folder"], "--tokens", "5", "--dtype", "int3"], "--dtype"),
+    ]
+    for argv, words in cases:
+        if words == "no CUDA device":
+            import torch
+
+            if torch.cuda.is_available():
+                continue
+        p = run_blackholes(*argv)
+        assert_one_line_error(p.returncode, p.stderr, words)

@@ -1019,3 +1019,390 @@ def test_killed_training_leaves_an_unfinished_temporary_that_the_next_run_remove
         assert main(list(RUN)) == 0, capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["corpus.txt", "run.safetensors"]
     assert read_metadata(tmp_path / "run.safetensors")["complete"] is True
+
+
+# ============================================================================ issue 18: the newer surfaces
+# GGUF files and their shards, Ollama stores, --cache entries, remote sources behind a hostile server on
+# 127.0.0.1, untrusted JSON everywhere, values (not block bytes) for map / indicators / near, and refusals
+# that are one line before anything else. Same checker, same rules as every table above.
+
+import importlib.util  # noqa: E402  (the block's own imports, kept with it)
+
+import gguf  # noqa: E402
+
+Q8 = gguf.GGMLQuantizationType.Q8_0
+
+
+def q8_values() -> np.ndarray:
+    """64 x 64 float32 rows with planted groups, as Q8_0 stores and dequantises them (the values map must see)."""
+    return gguf.quants.dequantize(gguf.quants.quantize(planted(n=64, d=64, sizes=(4, 2), seed=11), Q8), Q8)
+
+
+def q8_blocks() -> np.ndarray:
+    return gguf.quants.quantize(planted(n=64, d=64, sizes=(4, 2), seed=11), Q8)
+
+
+def split_output() -> np.ndarray:
+    return planted(n=24, d=32, sizes=(3, 2), seed=12).astype(np.float16)
+
+
+def gguf_model(path: Path, tensors: dict, kv=(), *, vocab: bool = True, split: int = 0) -> None:
+    """A GGUF file (``split``: one tensor a part) with ``tensors`` (name -> (stored array, raw type or None))
+    and metadata ``kv`` ((GGUFWriter method, key, value), ...)."""
+    w = gguf.GGUFWriter(path, "llama", split_max_tensors=split)
+    if vocab:
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list([f"t{i}" for i in range(24)])
+    for method, key, value in kv:
+        getattr(w, method)(key, value)
+    for name, (data, raw) in tensors.items():
+        w.add_tensor(name, data, raw_dtype=raw)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def nested(depth: int):
+    value = [1]
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+EMB24 = np.ones((24, 32), np.float32)
+
+
+@builds("sp-00001-of-00003.gguf", "sp-00002-of-00003.gguf", "sp-00003-of-00003.gguf")
+def _split(path):
+    gguf_model(path.parent / "sp.gguf", {"token_embd.weight": (EMB24, None), "blk.0.w": (EMB24, None),
+                                         "output.weight": (split_output(), None)}, split=1)
+
+
+@builds("sp-00004-of-00003.gguf", "sp-00001-of-00000.gguf", "sp-00000-of-00003.gguf", "lone-00002-of-00002.gguf")
+def _impossible_split(path):
+    path.write_bytes(make(path.parent, "sp-00001-of-00003.gguf").read_bytes())
+
+
+@builds("twice-00001-of-00003.gguf", "twice-00002-of-00003.gguf", "twice-00003-of-00003.gguf")
+def _twice(path):
+    """A split whose third part comes from another split: output.weight in parts 2 and 3."""
+    folder = path.parent
+    with tempfile.TemporaryDirectory(dir=folder) as other:
+        gguf_model(Path(other) / "x.gguf", {"token_embd.weight": (EMB24, None), "blk.0.w": (EMB24, None),
+                                            "output.weight": (EMB24, None)}, split=1)
+        gguf_model(folder / "twice.gguf", {"token_embd.weight": (EMB24, None), "output.weight": (EMB24, None),
+                                           "blk.0.w": (EMB24, None)}, split=1)
+        (folder / "twice-00003-of-00003.gguf").write_bytes((Path(other) / "x-00003-of-00003.gguf").read_bytes())
+
+
+INPUTS.update({
+    "q8.gguf": lambda p: gguf_model(p, {"token_embd.weight": (q8_blocks(), Q8)}, vocab=False),
+    "q8_values.safetensors": lambda p: tensors(p, w=q8_values()),
+    "nan_types.gguf": lambda p: gguf_model(p, {"token_embd.weight": (EMB24, None)},
+                                           [("add_array", "tokenizer.ggml.token_type", [float("nan")] * 24)]),
+    "text_types.gguf": lambda p: gguf_model(p, {"token_embd.weight": (EMB24, None)},
+                                            [("add_array", "tokenizer.ggml.token_type", ["normal"] * 24)]),
+    "int_tokens.gguf": lambda p: gguf_model(p, {"token_embd.weight": (EMB24, None)},
+                                            [("add_array", "tokenizer.ggml.tokens", list(range(24)))], vocab=False),
+    "int_model.gguf": lambda p: gguf_model(p, {"token_embd.weight": (EMB24, None)},
+                                           [("add_uint32", "tokenizer.ggml.model", 7),
+                                            ("add_array", "tokenizer.ggml.tokens", ["a"] * 24)], vocab=False),
+    "text_split_count.gguf": lambda p: gguf_model(p, {"token_embd.weight": (EMB24, None)},
+                                                  [("add_string", "split.count", "two")]),
+    "text_alignment.gguf": lambda p: gguf_model(p, {"token_embd.weight": (EMB24, None)},
+                                                [("add_string", "general.alignment", "32")]),
+    "deep_array.gguf": lambda p: gguf_model(p, {"token_embd.weight": (EMB24, None)},
+                                            [("add_array", "general.deep", nested(40))]),
+    "deep_header.safetensors": lambda p: header_file(p, b'{"w": ' + b"[" * 5000 + b"]" * 5000 + b"}"),
+    "long_int_header.safetensors": lambda p: header_file(
+        p, b'{"w": {"dtype": "F32", "shape": [1' + b"0" * 5000 + b', 4], "data_offsets": [0, 16]}}',
+        data=b"\0" * 16),
+    "deep_config": lambda p: model_folder(p, "[" * 20000 + "]" * 20000, **untied()),
+    "long_int_config": lambda p: model_folder(p, '{"tie_word_embeddings": 1' + "0" * 5000 + "}", **untied()),
+    "nan_rows.safetensors": lambda p: tensors(p, w=np.where(np.arange(300)[:, None] % 97 == 0, np.nan,
+                                                            spread_matrix()).astype(np.float32)),
+    "inf_rows.safetensors": lambda p: tensors(p, w=np.where(np.arange(300)[:, None] % 89 == 0, np.inf,
+                                                            spread_matrix()).astype(np.float32)),
+})
+
+
+@builds("indexed", "deep_index", "absolute_index", "escaping_index")
+def _indexes(path):
+    path.mkdir()
+    tensors(path / "model-00001-of-00001.safetensors", **untied())
+    (path / "config.json").write_text('{"tie_word_embeddings": false}')
+    shard = {"indexed": "model-00001-of-00001.safetensors", "deep_index": None, "absolute_index": "/etc/hostname",
+             "escaping_index": "../model.safetensors"}[path.name]
+    index = ("[" * 20000 + "]" * 20000 if shard is None else
+             json.dumps({"weight_map": {k: shard for k in untied()}}))
+    (path / "model.safetensors.index.json").write_text(index)
+
+
+@builds("folder_with_tokenizer")
+def _folder_with_tokenizer(path):
+    model_folder(path, '{"tie_word_embeddings": false}', **untied())
+    (path / "tokenizer.json").write_bytes(make(path.parent, "tokenizer.json").read_bytes())
+
+
+def ollama_store(path: Path, manifest: bytes | None = None) -> None:
+    """An Ollama store at ``path`` with one model, ``ollama:tiny`` (manifest, config blob, GGUF blob)."""
+    blobs, manifests = path / "blobs", path / "manifests" / "registry.ollama.ai" / "library" / "tiny"
+    blobs.mkdir(parents=True)
+    manifests.mkdir(parents=True)
+    gguf_model(blobs / "model.gguf", {"token_embd.weight": (q8_blocks(), Q8)}, vocab=False)
+    data = (blobs / "model.gguf").read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    (blobs / "model.gguf").rename(blobs / f"sha256-{digest}")
+    layers = [{"mediaType": "application/vnd.ollama.image.model", "digest": f"sha256:{digest}", "size": len(data)}]
+    (manifests / "latest").write_bytes(manifest or json.dumps({"schemaVersion": 2, "layers": layers}).encode())
+
+
+MANIFEST = "store/manifests/registry.ollama.ai/library/tiny/latest"
+INPUTS.update({
+    "store": ollama_store,
+    "deep_store": lambda p: ollama_store(p, b"[" * 20000 + b"]" * 20000),
+})
+OLLAMA = {"OLLAMA_MODELS": "store"}
+DEEP_OLLAMA = {"OLLAMA_MODELS": "deep_store"}
+
+
+def blob_name(folder: Path) -> str:
+    return next(p.name for p in (folder / "store" / "blobs").iterdir())
+
+
+def same_map(other_json: str, json_name: str):
+    """A map JSON equal to another map's (same rows, same values): all but where the rows came from."""
+
+    def check(folder, stdout):
+        ignore = ("source", "key", "dtype", "seconds")
+        a, b = (json.loads((folder / n).read_text()) for n in (json_name, other_json))
+        assert {k: v for k, v in a.items() if k not in ignore} == {k: v for k, v in b.items() if k not in ignore}
+
+    return check
+
+
+def map_of_values_first(folder: Path) -> None:
+    """The map of the dequantised values, written first, as the oracle of the map of the Q8_0 blocks."""
+    with warnings.catch_warnings():
+        assert main(["map", str(folder / "q8_values.safetensors"), "--out", str(folder / "v.png"), "--json",
+                     str(folder / "v.json"), "--quiet"]) == 0
+
+
+def same_candidates(folder, stdout):
+    """scan --indicators of the Q8_0 file names the candidates the dequantised F32 copy gives."""
+    with warnings.catch_warnings():
+        assert main(["scan", str(folder / "q8_values.safetensors"), "--indicators", "--json",
+                     str(folder / "v.json"), "--quiet"]) == 0
+    got, want = (json.loads((folder / n).read_text()) for n in ("out.json", "v.json"))
+    assert got["indicators"]["candidates"] == want["indicators"]["candidates"]
+
+
+HOSTILE_18 = [
+    # 1. untrusted JSON, bounded: nesting, integers of thousands of digits
+    case("safetensors header nested 5,000 deep", "scan", "deep_header.safetensors", words="nested deeper"),
+    case("safetensors shape of 5,000 digits", "scan", "long_int_header.safetensors", words="digits"),
+    case("config.json nested 20,000 deep", "scan", "deep_config", words="nested deeper"),
+    case("config.json integer of 5,000 digits", "scan", "long_int_config", words="digits"),
+    case("index nested 20,000 deep", "scan", "deep_index", words="nested deeper"),
+    case("Ollama manifest nested 20,000 deep", "scan", "ollama:tiny", words="nested deeper", needs=("deep_store",),
+         env=DEEP_OLLAMA, process=False),
+    case("GGUF arrays of arrays 40 deep", "scan", "deep_array.gguf", words="nests arrays"),
+    # 2. an output onto a file the source reads, though not typed on the command line
+    case("--json onto another part of a split GGUF", "scan", "sp-00001-of-00003.gguf", "--json",
+         "sp-00002-of-00003.gguf", words="is an input"),
+    case("--mask onto the first part, scanning the third", "scan", "sp-00003-of-00003.gguf", "--matrix", "input",
+         "--mask", "sp-00001-of-00003.gguf", words="is an input"),
+    case("map --json onto another part", "map", "sp-00002-of-00003.gguf", *PNG, "--json", "sp-00003-of-00003.gguf",
+         words="is an input"),
+    case("--json onto the Ollama manifest", "scan", "ollama:tiny", "--json", MANIFEST, words="is an input",
+         needs=("store",), env=OLLAMA, process=False),
+    case("--mask onto the Ollama manifest via ..", "scan", "ollama:tiny", "--mask",
+         "store/blobs/../manifests/registry.ollama.ai/library/tiny/latest", words="is an input", needs=("store",),
+         env=OLLAMA, process=False),
+    case("--json onto the tokenizer beside the model", "scan", "folder_with_tokenizer", "--json",
+         "folder_with_tokenizer/tokenizer.json", words="is an input"),
+    case("--json onto the index", "scan", "indexed", "--json", "indexed/model.safetensors.index.json",
+         words="is an input"),
+    # 3. split names, counts and duplicates
+    case("part 4 of 3", "scan", "sp-00004-of-00003.gguf", words="part 4 of 3"),
+    case("part 1 of 0", "scan", "sp-00001-of-00000.gguf", words="part 1 of 0"),
+    case("part 0 of 3", "scan", "sp-00000-of-00003.gguf", words="part 0 of 3"),
+    case("a part missing", "scan", "lone-00002-of-00002.gguf", words="missing part"),
+    case("a tensor in two parts", "scan", "twice-00001-of-00003.gguf", words="in two parts"),
+    case("a split GGUF scanned from its second part", "scan", "sp-00002-of-00003.gguf", "--json", "out.json",
+         "--quiet", status=0, creates=("out.json",), check=groups_are(split_output, "out.json")),
+    # 4. values, not bytes
+    case("map of Q8_0 blocks maps their values", "map", "q8.gguf", *PNG, "--json", "m.json", "--quiet", status=0,
+         needs=("q8_values.safetensors",), creates=("m.png", "m.json"), check=same_map("v.json", "m.json")),
+    case("--indicators of Q8_0 blocks reads their values", "scan", "q8.gguf", "--indicators", "--json", "out.json",
+         "--quiet", status=0, needs=("q8_values.safetensors",), creates=("out.json",), check=same_candidates),
+    case("--near of Q8_0 blocks: skipped, said so", "scan", "q8.gguf", "--near", status=0, words="--near skipped"),
+    case("the Q8_0 groups are of the stored blocks", "scan", "q8.gguf", "--json", "out.json", "--quiet", status=0,
+         creates=("out.json",), check=groups_are(q8_blocks, "out.json")),
+    # 5. GGUF metadata of unexpected types
+    case("token types: floats holding NaN", "scan", "nan_types.gguf", words="token_type"),
+    case("token types: strings", "scan", "text_types.gguf", words="token_type"),
+    case("tokens: integers", "scan", "int_tokens.gguf", words="tokenizer.ggml.tokens"),
+    case("tokenizer model: an integer", "scan", "int_model.gguf", words="tokenizer.ggml.model"),
+    case("split.count: a string", "scan", "text_split_count.gguf", words="split.count"),
+    case("general.alignment: a string", "scan", "text_alignment.gguf", words="general.alignment"),
+    # 6. remote (no server needed): malformed URLs
+    case("URL with a broken IPv6 host", "scan", "http://[::1/model.safetensors", words="not a URL"),
+    case("URL with a space in its host", "scan", "http://a b/model.safetensors", words="not a URL"),
+    case("URL with no host", "scan", "http:///model.safetensors", words="no host"),
+    case("URL with a port out of range", "scan", "http://127.0.0.1:99999/m.safetensors", words="not a URL"),
+    # index entries outside the model's folder (a local folder too)
+    case("index naming an absolute path", "scan", "absolute_index", words="not a file of the model"),
+    case("index naming ../", "scan", "escaping_index", words="not a file of the model"),
+    # 9. one line before anything else
+    case("--near before SOURCE", "scan", "--near", M, "--json", "out.json", "--quiet", status=0,
+         creates=("out.json",), check=groups_are(planted_matrix, "out.json")),
+    case("--near K before SOURCE", "scan", "--near", "3", M, "--quiet", status=0),
+    # (run with RuntimeWarnings as errors: one printed before the refusal would end in another line)
+    case("map: NaN rows among finite ones, no warnings", "map", "nan_rows.safetensors", *PNG, words="NaN"),
+    case("map: infinite rows among finite ones, no warnings", "map", "inf_rows.safetensors", *PNG,
+         words="infinite"),
+    case("--indicators: NaN rows among finite ones, no warnings", "scan", "nan_rows.safetensors", "--indicators",
+         words="NaN"),
+]
+
+
+@pytest.mark.parametrize("c", HOSTILE_18)
+def test_hostile_18(c, tmp_path, capsys, monkeypatch):
+    if c.argv[0] == "map" and "q8_values.safetensors" in c.needs:
+        make(tmp_path, "q8_values.safetensors")
+        map_of_values_first(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # numpy's warnings are not a line of their own
+        check_case(c, tmp_path, capsys, monkeypatch)
+
+
+# -- issue 18: remote sources behind a hostile server on 127.0.0.1 -------------------------------------------------
+
+_spec = importlib.util.spec_from_file_location("http_server", Path(__file__).parents[1] / "sources" / "http_server.py")
+hs = importlib.util.module_from_spec(_spec)
+sys.modules.setdefault("http_server", hs)
+_spec.loader.exec_module(hs)
+QUICK = {"BLACKHOLES_HTTP_READ_S": "2", "BLACKHOLES_HTTP_CONNECT_S": "2", "BLACKHOLES_HTTP_DEADLINE_S": "20"}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Path:
+    """The served folder: the planted model, config.json, and an index naming an absolute URL."""
+    folder = tmp_path_factory.mktemp("served")
+    tensors(folder / M, gamma=planted_matrix())
+    (folder / "config.json").write_text("{}")
+    absolute = folder / "absolute"
+    absolute.mkdir()
+    tensors(absolute / "model.safetensors", gamma=planted_matrix())
+    (absolute / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"gamma": "http://127.0.0.1:9/model.safetensors"}}))
+    return folder
+
+
+def remote_case(c: Case, tmp_path, capsys, monkeypatch, started: float | None = None, within: float = 0) -> None:
+    check_case(c, tmp_path, capsys, monkeypatch)
+    if started is not None:
+        assert time.monotonic() - started < within, f"refused after {time.monotonic() - started:.1f} s"
+
+
+@pytest.mark.parametrize("mode, words", [("hang", "no answer for 2 s"), ("stall", "no answer for 2 s")])
+def test_hostile_18_a_server_that_never_answers_is_refused_within_the_deadline(mode, words, served, tmp_path, capsys,
+                                                                                monkeypatch):
+    with hs.serve(served, mode=mode) as server:
+        c = Case(("scan", server.url + M), words=words, env=QUICK, process=True, timeout=30)
+        remote_case(c, tmp_path, capsys, monkeypatch, time.monotonic(), within=15)
+
+
+def test_hostile_18_the_total_deadline_cuts_a_slow_fetch(served, tmp_path, capsys, monkeypatch):
+    with hs.serve(served, mode="stall") as server:  # the read deadline is longer than the total one
+        env = {"BLACKHOLES_HTTP_READ_S": "30", "BLACKHOLES_HTTP_DEADLINE_S": "2"}
+        c = Case(("scan", server.url + M), words="total deadline of 2 s", env=env, process=True, timeout=30)
+        remote_case(c, tmp_path, capsys, monkeypatch, time.monotonic(), within=15)
+
+
+def test_hostile_18_deadline_settings_are_checked(tmp_path, capsys, monkeypatch):
+    c = Case(("scan", "http://127.0.0.1:9/model.safetensors"), words="BLACKHOLES_HTTP_READ_S",
+             env={"BLACKHOLES_HTTP_READ_S": "soon"}, process=True, timeout=30)
+    remote_case(c, tmp_path, capsys, monkeypatch)
+
+
+def test_hostile_18_index_naming_an_absolute_url(served, tmp_path, capsys, monkeypatch):
+    with hs.serve(served) as server:
+        c = Case(("scan", server.url + "absolute/", "--key", "gamma"), words="not a file of the model")
+        remote_case(c, tmp_path, capsys, monkeypatch)
+        assert not [r for r in server.requests if "http://" in r.path]
+
+
+HUB_ANSWERS = {
+    "a list": b"[]",
+    "no id": b'{"sha": 5}',
+    "a commit that is a path": json.dumps({"id": "org/m", "modelId": "org/m", "sha": "../../x",
+                                           "siblings": []}).encode(),
+    "nested 100,000 deep": b"[" * 100000 + b"]" * 100000,
+    "not JSON": b"<html>hello</html>",
+}
+
+
+@pytest.mark.parametrize("answer", list(HUB_ANSWERS))
+def test_hostile_18_hub_answers_of_the_wrong_shape(answer, served, tmp_path, capsys, monkeypatch):
+    with hs.serve(served, hub="org/m", api_body=HUB_ANSWERS[answer]) as server:
+        env = {**QUICK, "HF_ENDPOINT": server.url.rstrip("/"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        c = Case(("scan", "hf://org/m"), words="Hub", env=env, process=True, timeout=60)
+        remote_case(c, tmp_path, capsys, monkeypatch)
+
+
+def test_hostile_18_a_hub_that_hangs(served, tmp_path, capsys, monkeypatch):
+    with hs.serve(served, mode="hang", hub="org/m") as server:
+        env = {**QUICK, "HF_ENDPOINT": server.url.rstrip("/"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+        c = Case(("scan", "hf://org/m"), words="no answer for 2 s", env=env, process=True, timeout=60)
+        remote_case(c, tmp_path, capsys, monkeypatch, time.monotonic(), within=20)
+
+
+def cache_files(folder: Path) -> tuple[Path, Path]:
+    (entry,) = (folder / "cache").glob("*.json")
+    (data,) = (folder / "cache").glob("*.bin")
+    return entry, data
+
+
+def test_hostile_18_cached_bytes_are_checked_on_every_reuse(served, tmp_path, capsys, monkeypatch):
+    """Fetch into --cache; then flip a byte of the cached tensor, cut it, corrupt its entry: each next run
+    fetches again and answers right; never the changed bytes. An output onto a cache file is refused."""
+    with hs.serve(served) as server:
+        url = server.url + M
+        scan = ("scan", url, "--cache", "cache", "--json", "out.json", "--quiet")
+        right = groups_are(planted_matrix, "out.json")
+        remote_case(Case(scan, status=0, creates=("cache", "cache/*", "out.json"), check=right), tmp_path, capsys,
+                    monkeypatch)
+        entry, data = cache_files(tmp_path)
+        good = data.read_bytes()
+        for damage in ("flip", "cut", "entry", "deep entry"):
+            (tmp_path / "out.json").unlink()
+            if damage == "flip":
+                data.write_bytes(good[:100] + bytes([good[100] ^ 1]) + good[101:])  # same size, other bytes
+            elif damage == "cut":
+                data.write_bytes(good[:-4])
+            elif damage == "entry":
+                entry.write_text(entry.read_text().replace('"format": 2', '"format": 2, "x": 1' + "0" * 5000))
+            else:
+                entry.write_text("[" * 50000 + "]" * 50000)
+            server.reset()
+            status, out, err = run(Case(scan, status=0), tmp_path, capsys, monkeypatch)
+            assert status == 0 and "Traceback" not in err, err
+            right(tmp_path, out)
+            assert server.file_bytes_sent(M) >= planted_matrix().nbytes, f"{damage}: the cached bytes were reused"
+            assert data.read_bytes() == good
+        server.reset()
+        (tmp_path / "out.json").unlink()
+        status, out, err = run(Case(scan, status=0), tmp_path, capsys, monkeypatch)
+        assert status == 0 and server.file_bytes_sent(M) == 0  # intact: reused, nothing fetched
+        for target in (entry, data):
+            c = Case(("scan", url, "--cache", "cache", "--json", f"cache/{target.name}"), words="is an input")
+            remote_case(c, tmp_path, capsys, monkeypatch)
+
+
+def test_hostile_18_a_file_url_declares_its_files(tmp_path, capsys, monkeypatch):
+    make(tmp_path, M)
+    c = Case(("scan", (tmp_path / M).as_uri(), "--json", M), words="is an input")
+    remote_case(c, tmp_path, capsys, monkeypatch)

@@ -11,6 +11,11 @@ Modes (``serve(folder, mode=...)``):
 - ``"range"`` (default): a well-behaved static file server (206 + Content-Range for a Range request).
 - ``"no-range"``: ignores the Range header and answers 200 with the whole body.
 - ``"401"``, ``"403"``, ``"404"``: every request gets that status.
+- ``"hang"``: accepts every connection and never answers (until the block ends).
+- ``"stall"``: answers a file's headers, then never sends its body.
+
+``api_body=b"..."`` answers every Hub API route (``hub=`` set) with that body as JSON: an answer of
+the wrong shape.
 
 ``drop_after=N`` cuts the connection after N body bytes of any response longer than that (a
 connection that drops mid-transfer); ``drops=k`` cuts only the first k such responses (``None``:
@@ -42,7 +47,7 @@ from pathlib import Path
 from typing import Iterator
 from urllib.parse import unquote, urlsplit
 
-MODES = ("range", "no-range", "401", "403", "404")
+MODES = ("range", "no-range", "401", "403", "404", "hang", "stall")
 SEND_PIECE = 1 << 20  # bytes handed to sendfile at a time (the unit of counting and of drops)
 
 
@@ -74,6 +79,8 @@ class Server:
     _log: list[Request] = field(default_factory=list, repr=False)
     _lock: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _cuts: int = 0
+    api_body: bytes | None = None  # every Hub API route answers this (a hostile Hub)
+    _stop: threading.Event = field(default_factory=threading.Event, repr=False)  # the block ended
     _busy: int = 0  # answers being written now
 
     @property
@@ -122,7 +129,8 @@ class Server:
 
 @contextlib.contextmanager
 def serve(folder, mode: str = "range", *, drop_after: int | None = None, drops: int | None = None,
-          hub: str | None = None, revisions: dict | None = None) -> Iterator[Server]:
+          hub: str | None = None, revisions: dict | None = None,
+          api_body: bytes | None = None) -> Iterator[Server]:
     """Serve ``folder`` on 127.0.0.1 (a free port) in a background thread until the block ends.
 
     >>> with serve(tmp_path, mode="no-range") as server:               # doctest: +SKIP
@@ -133,7 +141,7 @@ def serve(folder, mode: str = "range", *, drop_after: int | None = None, drops: 
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     state = Server(url="", folder=Path(folder), mode=mode, drop_after=drop_after, drops=drops, hub=hub,
                    sha=hashlib.sha1(f"{hub}:{Path(folder).resolve()}".encode()).hexdigest(),
-                   revisions={k: Path(v) for k, v in (revisions or {}).items()})
+                   revisions={k: Path(v) for k, v in (revisions or {}).items()}, api_body=api_body)
     state.shas = {k: hashlib.sha1(f"{hub}:{k}:{v.resolve()}".encode()).hexdigest() for k, v in state.revisions.items()}
     handler = type("Handler", (_Handler,), {"state": state})
     httpd = _QuietServer(("127.0.0.1", 0), handler)
@@ -143,6 +151,7 @@ def serve(folder, mode: str = "range", *, drop_after: int | None = None, drops: 
     try:
         yield state
     finally:
+        state._stop.set()  # hanging answers end
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=5)
@@ -174,6 +183,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(head=False)
 
     def _answer(self, head: bool) -> None:
+        if self.state.mode == "hang":  # accepted, never answered (not counted: nothing is ever sent)
+            self.state._stop.wait()
+            self.close_connection = True
+            return
         with self.state._lock:
             self.state._busy += 1
         try:
@@ -217,6 +230,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         request = Request(self.command, "file:" + name, self.headers.get("Range"), status, headers=dict(self.headers))
         self.state._record(request)
+        if self.state.mode == "stall" and not head:  # the headers, then silence
+            self.wfile.flush()
+            self.state._stop.wait()
+            self.close_connection = True
+            return
         if not head:
             self._send_body(target, start, stop, request)
 
@@ -246,6 +264,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _hub(self, path: str, head: bool) -> None:
         repo, sha = self.state.hub, self.state.sha
+        if self.state.api_body is not None and path.startswith("/api/"):
+            return self._raw_json(self.state.api_body, path)
         api = re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/(revision|tree|refs)(?:/([^/]+))?(/.*)?)?", path)
         resolve = re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path)
         match = api or resolve
@@ -301,6 +321,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
             with self.state._lock:
                 request.sent = len(body)
+
+    def _raw_json(self, body: bytes, path: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.state._record(Request(self.command, "api:" + path, None, 200, sent=len(body)))
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def _error(self, status: int, path: str, code: str | None = None, extra: dict | None = None) -> None:
         body = f"{status} {HTTPStatus(status).phrase}\n".encode()

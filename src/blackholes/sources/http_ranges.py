@@ -403,7 +403,7 @@ class HttpFile:
                               f"gave up, nothing is reported from partial data")
 
     def _silent(self, what: str) -> BlackholesError:
-        if self.http.expired:
+        if self.http.expired or self.http.remaining() < 0.5:  # the socket waited until the total deadline
             return self.http.overdue()
         return BlackholesError(f"{what} of {self.name}: no answer for {self.http.limits.read:g} s ({READ_S[0]}); "
                                f"gave up, nothing is reported from partial data")

@@ -54,6 +54,11 @@ def _load(text: str, key, matrix, step, cache, progress) -> Matrix:
     """Dispatch on what ``text`` names: Ollama, a URL, a folder, a file (GGUF by its magic), a cached id."""
     from blackholes.sources.remote import is_remote
 
+    if text.startswith("file://"):  # a local file named as a URL: read (and protected) as the local file it is
+        from urllib.parse import urlsplit
+        from urllib.request import url2pathname
+
+        text = url2pathname(urlsplit(text).path) or "/"
     if is_remote(text):
         from blackholes.sources.remote import load_remote
 

@@ -25,9 +25,8 @@ from blackholes.analysis.groups import scan  # noqa: E402
 from blackholes.errors import BlackholesError  # noqa: E402
 from blackholes.io.dtypes import bf16_from_float32  # noqa: E402
 from blackholes.io.safetensors import save_safetensors  # noqa: E402
-from blackholes.render.model_report import (  # noqa: E402
-    PLOT_NAMES, facts, id_ranges, report_paths, write_report,
-)
+from blackholes.render.model_report import PLOT_NAMES, report_paths, write_report  # noqa: E402
+from blackholes.render.report_answer import facts, id_ranges  # noqa: E402
 
 V, D = 20_000, 256
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|reserved_special_token_{i}|>" for i in range(100)]
@@ -178,7 +177,7 @@ def command_line(md: str) -> str:
 def quick_plots(monkeypatch):
     """Plots replaced by a stub that writes a 1-pixel PNG (which plots are drawn is still decided by the
     report): for tests about the page; the pictures themselves are drawn by the other tests."""
-    import blackholes.render.model_report as model_report
+    import blackholes.render.report_plots as report_plots
     import blackholes.render.plots as plots
 
     pixel = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -190,7 +189,7 @@ def quick_plots(monkeypatch):
         return path
 
     for name in ("plot_norms", "plot_indicator", "plot_holes"):
-        monkeypatch.setattr(model_report, name, stub)
+        monkeypatch.setattr(report_plots, name, stub)
     monkeypatch.setattr(plots, "plot_density_map", stub)
 
 
@@ -452,7 +451,7 @@ def test_cli_refuses_a_report_folder_that_is_a_file_or_an_input(small, cli_error
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from blackholes.render.model_report import standing_apart  # noqa: E402
+from blackholes.render.report_answer import standing_apart  # noqa: E402
 
 
 def parse_ranges(text: str) -> list[int]:

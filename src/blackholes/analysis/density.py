@@ -15,6 +15,7 @@ PCA of all rows and of the rows outside the mask come from the same passes of
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -308,3 +309,79 @@ def _resolve(source, *, key, matrix, dtype):
         source, key=key, matrix=matrix
     )
     return loaded.array, loaded.dtype, str(loaded.source), loaded.key, loaded
+
+
+# ------------------------------------------------------------------ the map of a scan
+
+
+
+class _ValueRows:
+    """A quantised matrix's rows as float32 values, a chunk at a time (what the PCA reads)."""
+
+    def __init__(self, m):
+        self.m, self.shape, self.ndim, self.dtype = m, m.shape, 2, np.dtype(np.float32)
+
+    def __getitem__(self, key):
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("rows are read as contiguous slices")
+        start, stop, _ = key.indices(self.shape[0])
+        return self.m.float_rows(start, stop)
+
+
+def _matrix_for(r, given):
+    """(the scanned Matrix or None, why not): the one given, else read again from ``r.source``."""
+    from blackholes.sources.load import as_matrix
+
+    given = given if given is not None else getattr(r, "source_matrix", None)  # what scan() read
+    if given is not None:
+        m = as_matrix(given, dtype=r.dtype if isinstance(given, np.ndarray) else None)
+    elif r.format == "array" or r.source in (None, "<array>"):
+        return None, "the matrix was scanned from memory; pass it as write_report(..., matrix=...)"
+    elif r.bytes_read is not None:
+        return None, "the matrix was fetched over the network and is not fetched twice; pass matrix="
+    else:
+        try:
+            m = _reload(r)
+        except BlackholesError as e:
+            return None, f"the matrix could not be read again: {e}"
+    if tuple(m.shape) != tuple(r.shape) or m.dtype != r.dtype:
+        return None, (f"the matrix at hand ({m.shape[0]:,} × {m.shape[1]:,} {m.dtype}) is not the one scanned "
+                      f"({r.shape[0]:,} × {r.shape[1]:,} {r.dtype})")
+    if m.dequantize is not None:  # the PCA reads float32 values: dequantise a chunk at a time
+        from blackholes.sources.matrix import Matrix
+
+        m = Matrix(array=_ValueRows(m), dtype="F32", source=m.source, path=m.path, key=m.key)
+    return m, ""
+
+
+def _reload(r):
+    """The matrix ``r`` scanned, memory-mapped again (a training recording: the same step)."""
+    from blackholes.sources import load_matrix
+
+    found = re.fullmatch(r"embeddings\[(-?\d+)\]", r.key or "")
+    if found and r.path:
+        from blackholes.io.safetensors import open_tensor
+        from blackholes.sources.load import as_matrix
+
+        return as_matrix(open_tensor(r.path, "embeddings")[int(found[1])], dtype=r.dtype)
+    return load_matrix(r.source, key=r.key)
+
+
+
+
+def scan_density(r, matrix=None) -> tuple[DensityMap | None, str]:
+    """The density map of the matrix a :class:`~blackholes.analysis.groups.ScanResult` scanned, with its
+    black holes masked; (None, why not) when that matrix is not at hand or cannot be mapped.
+
+    ``matrix``: the scanned Matrix or 2-D array; without it the one ``scan()`` kept, else the
+    matrix is read again from ``r.source`` (a file is memory-mapped, nothing is fetched twice).
+    """
+    m, why = _matrix_for(r, matrix)
+    if m is None:
+        return None, why
+    holes = r.black_hole_tokens > 0
+    try:
+        return density_map(m, mask=np.asarray(r.mask) if holes else None,
+                           black_hole_id=np.asarray(r.black_hole_id) if holes else None), ""
+    except BlackholesError as e:
+        return None, str(e)

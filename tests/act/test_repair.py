@@ -227,3 +227,13 @@ def test_verify_before_and_after_side_by_side(tmp_path):
     p = run_blackholes("repair", src / "model.safetensors", "--out", lone, "--verify")
     assert_one_line_error(p.returncode, p.stderr, "whole model")
     assert not lone.exists()
+
+
+def test_a_copy_left_by_a_killed_run_is_removed(tmp_path):
+    src = sharded(tmp_path / "sharded")
+    stale = tmp_path / ".fixed.999999999.x1.tmp"  # a process id no system hands out: its writer is gone
+    (stale / "sub").mkdir(parents=True)
+    (stale / "sub" / "model-00001-of-00002.safetensors").write_bytes(b"half")
+    repair(src, tmp_path / "fixed", tokens="5")
+    assert not stale.exists() and (tmp_path / "fixed" / "repair.json").is_file()
+    assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]

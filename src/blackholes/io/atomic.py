@@ -15,6 +15,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -55,7 +56,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete ``.NAME.<pid>.*.tmp`` files beside ``path`` whose writing process is gone.
+    """Delete ``.NAME.<pid>.*.tmp`` files (and folders: ``repair`` builds its copy in one) beside
+    ``path`` whose writing process is gone.
 
     A run killed outright (SIGKILL, power loss) cannot clean up after itself; the next run
     writing the same output does. A temporary of a process still alive is left alone.
@@ -70,7 +72,7 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         pid = tmp.name[len(path.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                shutil.rmtree(tmp) if tmp.is_dir() and not tmp.is_symlink() else tmp.unlink()
                 removed.append(tmp)
     return removed
 

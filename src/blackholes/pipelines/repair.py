@@ -373,6 +373,7 @@ def repair(source, out, *, tokens: str = "holes", scan=None, recipe: str = "mean
     >>> r.report["check"]["known_group"], r.report["bytes_outside_rows_identical"]
     (True, True)
     """
+    from blackholes.io.atomic import remove_stale_temporaries
     from blackholes.pipelines.repair_check import prove, rescan, side_by_side, verdicts, write_report
 
     if recipe not in RECIPES:
@@ -382,6 +383,7 @@ def repair(source, out, *, tokens: str = "holes", scan=None, recipe: str = "mean
     ids, sizes, _ = repair_tokens(p, tokens, scan)
     rows = {t.which: encode(recipe_values(t.matrix, ids, recipe, seed), t.matrix) for t in p.targets}
     before = verdicts(p.source, ids) if verify else None  # a model verify cannot load: refused before writing
+    remove_stale_temporaries(out)  # a copy left half-built by a run killed outright
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         write_copy(p, tmp, ids, rows)

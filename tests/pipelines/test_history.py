@@ -305,3 +305,17 @@ def test_series_names(tmp_path):
                                                                                       "step25"]
     with pytest.raises(BlackholesError, match="one model"):
         expand_series(["a", "b"], revisions="main")
+
+
+def test_a_dask_cluster_gives_the_same_history(tmp_path):
+    distributed = pytest.importorskip("distributed", reason="dask[distributed] is not installed")
+    mats = planted()
+    for i, m in enumerate(mats):
+        write_checkpoint(tmp_path / "run" / f"checkpoint-{i}", m)
+    here = history([tmp_path / "run"], workers=1)
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, worker_dashboard_address=None) as lc:
+        with distributed.Client(lc) as client:
+            there = history([tmp_path / "run"], scheduler=client, out=tmp_path / "h")
+            assert client.status == "running"  # a Client passed in is left open
+    assert (there.checkpoints, there.events, there.matrices) == (here.checkpoints, here.events, here.matrices)

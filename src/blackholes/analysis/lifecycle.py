@@ -398,7 +398,7 @@ def row_groups(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ``rows``: a 2-D matrix (any dtype; bit identity of its rows). Returns the group ids
     (int32 [V], each token's smallest fellow member, as ``group_ids`` of a census) and a
     128-bit digest per row (uint64 [V, 2]): the census's row hash of the bytes, and the same
-    hash of the bytes reversed. Groups are exact (hash, sort, then byte comparison, as
+    hash of the row's 8-byte words each passed through an xorshift. Groups are exact (hash, sort, then byte comparison, as
     :func:`census`); the digests let two matrices read at different times be compared row by
     row without holding both: a row whose digest differs changed, and a change confined to one
     8-byte word always changes the first half (its multiplier is odd).
@@ -413,12 +413,26 @@ def row_groups(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     V, width = data.shape
     digests = np.empty((V, 2), np.uint64)
     per = max(1, (1 << 20) // max(width, 1))  # ~1 MiB at a time: the products stay in cache
+    words = width % 8 == 0
+    mixed = np.empty((per, width // 8) if words else (per, width), np.uint64 if words else np.uint8)
     for a in range(0, V, per):
         chunk = data[a : a + per]
         digests[a : a + per, 0] = hash_rows(chunk)
-        digests[a : a + per, 1] = hash_rows(np.ascontiguousarray(chunk[:, ::-1]))
+        digests[a : a + per, 1] = hash_rows(_mixed(chunk, mixed[: len(chunk)]))
     ids = _grouped(data[None], np.ascontiguousarray(digests[:, 0])[None])[0]
     return ids, digests
+
+
+def _mixed(chunk: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The rows' 8-byte words through xorshift (a bijection, not linear mod 2**64), as byte rows:
+    the row hash of these is the digest's second, independent half."""
+    if out.dtype == np.uint8:  # rows not a whole number of words: bytes reversed instead
+        out[:] = chunk[:, ::-1]
+        return out
+    w = chunk.view(np.uint64)
+    np.right_shift(w, np.uint64(29), out=out)
+    np.bitwise_xor(out, w, out=out)
+    return out.view(np.uint8)
 
 
 def _grouped(block: np.ndarray, h: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ from blackholes.sources.series import Checkpoint, expand_series
 
 IDENTITY = "raw bits, as scan: row.tobytes() equality (grouped by hash, then compared byte for byte)"
 MOTION = ("a row moved between two checkpoints when its 128-bit digest (the census's row hash of its bytes, "
-          "and of its bytes reversed) differs")
+          "and of its 8-byte words through an xorshift) differs; a change inside one 8-byte word always shows")
 
 
 # ---------------------------------------------------------------------------- one checkpoint (a task)
@@ -175,9 +175,11 @@ def run_checkpoints(tasks: list[HistoryTask], handle, *, workers: int | None = N
     from blackholes.pipelines.runner import Task, run_tasks
 
     jobs = {t.key: t for t in tasks}
+    client = scheduler if hasattr(scheduler, "submit") else None  # an open distributed.Client
     run_tasks([Task(t.key, read_checkpoint, t.args(), label=t.checkpoint.label) for t in tasks],
               lambda job, outcome: handle(jobs[job.key], outcome.value, outcome.error),
-              workers=workers, scheduler=scheduler, progress=progress)
+              workers=workers, scheduler=None if client is not None else scheduler, client=client,
+              progress=progress)
 
 
 def _row(task: HistoryTask, summary: dict | None, error: str | None) -> dict:
@@ -438,7 +440,7 @@ def history(sources, *, out: str | os.PathLike | None = None, revisions: str | N
     adds each checkpoint's halo; ``out``: the folder of rows, digests, JSON, page and plots (a
     re-run resumes; ``redo`` reads everything again); ``json_path``: history.json also there.
     ``workers`` / ``scheduler``: where the checkpoints are read (the shared runner: ``workers=1``
-    here, else a local process pool, or a Dask cluster); ``progress``: a bar's unit (None: none);
+    here, else a local process pool, or a Dask cluster: an address or an open ``distributed.Client``); ``progress``: a bar's unit (None: none);
     ``log`` hears one line per checkpoint that could not be read.
 
     >>> r = blackholes.history(["runs/checkpoints"], out="history")      # doctest: +SKIP

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from blackholes import defaults
+
 
 @dataclass
 class DeadVocabulary:
@@ -37,7 +39,7 @@ class DeadVocabulary:
 
 
 def dead_vocabulary(m, groups: list[np.ndarray], *, tokenizer=None, near: int | None = None,
-                    indicators: bool = False, reference=None, percentile: float = 2.0,
+                    indicators: bool = False, reference=None, percentile: float = defaults.PERCENTILE,
                     progress: bool = False) -> DeadVocabulary:
     """Halos, token categories and indicators of a :class:`~blackholes.sources.matrix.Matrix`
     whose exact ``groups`` are known. ``tokenizer``: a tokenizer.json path (else ``m.vocabulary``)."""

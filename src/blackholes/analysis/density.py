@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from blackholes.analysis.pca import Projection, default_dtype, pca_sets
+from blackholes import defaults
 from blackholes.errors import BlackholesError
 
 # ------------------------------------------------------------------ density map
@@ -268,8 +269,9 @@ def density_map(
 
 
 def default_bins(rows: int) -> int:
-    """Histogram bins per axis: ~4 sqrt(rows), between 24 (tiny vocabularies) and 200."""
-    return int(min(200, max(24, 4 * np.sqrt(rows))))
+    """Histogram bins per axis: ~4 sqrt(rows), between 24 (tiny vocabularies) and 200 (``defaults.MAP_BINS``)."""
+    low, high = defaults.MAP_BINS
+    return int(min(high, max(low, 4 * np.sqrt(rows))))
 
 
 def _ids_from_mask(array: np.ndarray, mask: np.ndarray) -> np.ndarray:

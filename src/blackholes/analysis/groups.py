@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blackholes import defaults
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import save_safetensors
 from blackholes.sources.load import as_matrix
@@ -222,7 +223,7 @@ def scan(
     near: int | None = None,
     indicators: bool = False,
     reference=None,
-    percentile: float = 2.0,
+    percentile: float = defaults.PERCENTILE,
     progress: bool = False,
     threads: int | None = None,
 ) -> ScanResult:

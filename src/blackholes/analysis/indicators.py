@@ -46,6 +46,7 @@ from typing import Iterable
 
 import numpy as np
 
+from blackholes import defaults
 from blackholes.errors import BlackholesError
 
 MAINS = ("cosine_to_reference", "norm")
@@ -250,7 +251,7 @@ def indicators(
     holes: Iterable = (),
     padding: Iterable[int] = (),
     unused: Iterable[int] = (),
-    percentile: float = 2.0,
+    percentile: float = defaults.PERCENTILE,
     n_iter: int = 2,
     dtype: str | None = None,
     progress: bool = False,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from blackholes import defaults
 from blackholes.errors import BlackholesError
 
 SOURCE_HELP = ("file.safetensors | model directory | org/name[@revision] in the local Hugging Face cache | "
@@ -41,8 +42,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json for decoding (default: beside the model)")
     p.add_argument("--step", type=int, metavar="N",
                    help="for a training recording: the step whose embeddings to scan (default: the last)")
-    p.add_argument("--near", type=int, nargs="?", const=8, metavar="K",
-                   help="also find the rows within K ULPs of each other in every coordinate (default K: 8): "
+    p.add_argument("--near", type=int, nargs="?", const=defaults.NEAR_ULPS, metavar="K",
+                   help="also find the rows within K ULPs of each other in every coordinate "
+                   f"(default K: {defaults.NEAR_ULPS}): "
                    "the halo around each hole")
     p.add_argument("--indicators", action="store_true",
                    help="also compute the under-trained indicators (row norm; cosine distance to the dead rows' "
@@ -50,8 +52,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--reference", metavar="IDS",
                    help="with --indicators: the known-dead reference rows, e.g. '151643-151935' "
                    "(default: hole members, padding rows, unused/reserved tokens)")
-    p.add_argument("--percentile", type=float, default=2.0, metavar="P",
-                   help="with --indicators: candidates are the lowest P%% of the main indicator (default 2)")
+    p.add_argument("--percentile", type=float, default=defaults.PERCENTILE, metavar="P",
+                   help="with --indicators: candidates are the lowest P%% of the main indicator "
+                   f"(default {defaults.PERCENTILE:g})")
     p.add_argument("--mask", metavar="PATH", help="write mask, black_hole_id and group vectors (safetensors)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--report", metavar="DIR", help="write report.html and report.md (with plots) into DIR")

@@ -26,12 +26,13 @@ import numpy as np
 
 from blackholes.analysis.dynamics import finite_or_none, never_drawn_tokens
 from blackholes.analysis.ids import format_bytes
+from blackholes import defaults
 from blackholes.errors import BlackholesError
 
 # Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps
 # the run (training + every analysis) under a minute on a 2-core machine while the
 # learning rate still decays to zero, so the hole's freezing is part of the story.
-DEFAULT_STEPS = 2000
+DEFAULT_STEPS = defaults.REPRODUCE_STEPS
 
 # The files a run writes into its folder (names relative to it).
 FILES = {

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blackholes import defaults
 from blackholes.render.page import Document
 from blackholes.render.report_answer import (
     INDICATOR_WORDS, MATRIX_WORDS, REFERENCE_WORDS, answer, as_code, cell_counts, counted_words, facts, id_ranges,
@@ -301,7 +302,7 @@ def command(parts, folder: str = "DIR") -> str | None:
         argv.append("--indicators")
         if "given" in r.indicators.reference_from:
             argv += ["--reference", id_ranges(r.indicators.reference, 10 ** 9).replace("–", "-").replace(" ", "")]
-        if r.indicators.percentile != 2.0:
+        if r.indicators.percentile != defaults.PERCENTILE:
             argv += ["--percentile", f"{r.indicators.percentile:g}"]
     return shlex.join(argv + ["--report", folder])
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import blackholes.analysis.near as near
+import blackholes.analysis.near_search as near_search
 from blackholes.analysis.exact import find_groups
 from blackholes.analysis.near import anatomy, near_clusters
 from blackholes.errors import BlackholesError
@@ -101,12 +102,12 @@ def test_matches_all_pairs_brute_force(dtype, seed, k, spread):
 def test_every_internal_path_is_exact(monkeypatch, leaf, probes, depth, sample, copies):
     """Tiny leaves, one probe, no or shallow re-probing, tiny samples, no room for grid copies:
     still the brute-force answer."""
-    monkeypatch.setattr(near, "ENTRY_FACTOR", copies)
-    monkeypatch.setattr(near, "LEAF_ROWS", leaf)
-    monkeypatch.setattr(near, "PROBES", probes)
-    monkeypatch.setattr(near, "MAX_DEPTH", depth)
-    monkeypatch.setattr(near, "SAMPLE_ROWS", sample)
-    monkeypatch.setattr(near, "DENSE_ROWS", 2)
+    monkeypatch.setattr(near_search, "ENTRY_FACTOR", copies)
+    monkeypatch.setattr(near_search, "LEAF_ROWS", leaf)
+    monkeypatch.setattr(near_search, "PROBES", probes)
+    monkeypatch.setattr(near_search, "MAX_DEPTH", depth)
+    monkeypatch.setattr(near_search, "SAMPLE_ROWS", sample)
+    monkeypatch.setattr(near_search, "DENSE_ROWS", 2)
     rng = np.random.default_rng(leaf * 1000 + probes * 100 + depth * 10 + copies)
     for _ in range(25):
         n, d, k = int(rng.integers(2, 45)), int(rng.integers(1, 7)), int(rng.integers(0, 5))
@@ -116,8 +117,8 @@ def test_every_internal_path_is_exact(monkeypatch, leaf, probes, depth, sample, 
 
 def test_no_grid_cuts_at_all_is_still_exact(monkeypatch):
     """With the shifted grids never paying, only the free cuts at jumps > k split: same answer."""
-    monkeypatch.setattr(near, "PAY", -1.0)
-    monkeypatch.setattr(near, "LEAF_ROWS", 2)
+    monkeypatch.setattr(near_search, "PAY", -1.0)
+    monkeypatch.setattr(near_search, "LEAF_ROWS", 2)
     rng = np.random.default_rng(11)
     for _ in range(30):
         n, d, k = int(rng.integers(2, 50)), int(rng.integers(1, 6)), int(rng.integers(0, 6))

@@ -96,6 +96,7 @@ def test_ids_and_combined_sets_with_verdicts(tmp_path):
     r = export(scan, to="ids", out=tmp_path / "ids.json", tokens="holes,verified")
     assert json.loads((tmp_path / "ids.json").read_text()) == [3, 7, 8, 40] == r.tokens
     assert r.sets == {"holes": 2, "verified": 2}
+    assert "token categories only" in r.notes[0]  # a scan naming no model file here says so
     r = export(scan, to="ids", out=tmp_path / "v.json", tokens="verified,50")
     assert r.tokens == [3, 40, 50]
 

@@ -51,5 +51,7 @@ def run(args) -> int:
         print(f"Suppressed {len(result.tokens):,} tokens ({sets})")
         for i, why in sorted(result.kept.items()):
             print(f"  kept {i}: {why}")
+        for note in result.notes:
+            print(f"Note: {note}")
         print("Written: " + ", ".join(str(p) for p in result.files))
     return 0

@@ -60,11 +60,12 @@ class ExportResult:
     kept: dict[int, str] = field(default_factory=dict)  # special token id -> why it was kept
     sets: dict[str, int] = field(default_factory=dict)  # each named set's size before keeping
     scan: str = ""
+    notes: list[str] = field(default_factory=list)  # e.g. the model's files were not found
 
     def to_json(self) -> dict:
         return {"to": self.to, "files": [str(p) for p in self.files], "tokens": self.tokens,
                 "suppressed": len(self.tokens), "kept": {str(k): v for k, v in sorted(self.kept.items())},
-                "sets": self.sets, "scan": self.scan}
+                "sets": self.sets, "scan": self.scan, "notes": self.notes}
 
 
 # ---------------------------------------------------------------------------- the scan JSON
@@ -212,16 +213,22 @@ def token_set(doc: dict | None, spec: str, rows: int) -> tuple[list[int], dict[s
 # ---------------------------------------------------------------------------- special tokens
 
 
+def model_path(doc: dict) -> Path | None:
+    """The model file the scan read, when it is still there (a scan from elsewhere names none here)."""
+    path = next((m.get("path") for m in matrices(doc) if isinstance(m.get("path"), str)), None)
+    return Path(path) if path and Path(path).is_file() else None
+
+
 def special_tokens(doc: dict) -> dict[int, str]:
     """Ids a chat template needs, and where each was found: the model's config files or GGUF
     metadata when the scanned model is still where the scan read it, else the scan's own token
     categories (a special/control token whose text opens or closes a text or a turn)."""
     found: dict[int, str] = {}
-    path = next((m.get("path") for m in matrices(doc) if isinstance(m.get("path"), str)), None)
-    if path and Path(path).is_file():
+    path = model_path(doc)
+    if path is not None:
         from blackholes.sources.load import is_gguf
 
-        found.update(_from_gguf(Path(path)) if is_gguf(Path(path)) else _from_folder(Path(path).parent))
+        found.update(_from_gguf(path) if is_gguf(path) else _from_folder(path.parent))
     for m in matrices(doc):
         for g in m.get("groups") or []:
             if isinstance(g, dict):
@@ -370,7 +377,10 @@ def export(scan, *, to: str, out: str | os.PathLike, tokens: str = "holes", base
     base_doc = _base(base) if base is not None else None
     for path, (_, text) in zip(files, _documents(to, ids, base_doc)):
         write_text(path, text)
-    return ExportResult(to=to, files=files, tokens=ids, kept=kept, sets=sizes, scan=str(scan))
+    notes = [] if model_path(doc) is not None else [
+        "the scanned model's files are not where the scan read them: chat-template tokens were taken from the "
+        "scan's token categories only"]
+    return ExportResult(to=to, files=files, tokens=ids, kept=kept, sets=sizes, scan=str(scan), notes=notes)
 
 
 def _kept(doc: dict, ids: list[int], explicit: list[int], keep) -> dict[int, str]:

@@ -98,6 +98,10 @@ def plan(source, matrix: str = "both") -> Plan:
 
     >>> [t.which for t in plan("model.safetensors").targets]
     ['input', 'output']
+    >>> sorted(plan("org/tiny").files.values())          # a cached model: its snapshot folder, whole
+    ['config.json', 'model.safetensors', 'tokenizer.json']
+    >>> repair("org/tiny", "tiny-fixed", tokens="40-43").report["check"]["summary"]
+    'the 4 repaired rows form one known group: the mean recipe writes one vector'
     """
     if matrix not in MATRICES:
         raise BlackholesError(f"--matrix must be one of {', '.join(MATRICES)}, not {matrix!r}")

@@ -237,3 +237,18 @@ def test_a_copy_left_by_a_killed_run_is_removed(tmp_path):
     repair(src, tmp_path / "fixed", tokens="5")
     assert not stale.exists() and (tmp_path / "fixed" / "repair.json").is_file()
     assert not [x for x in tmp_path.iterdir() if x.name.startswith(".")]
+
+
+def test_interrupted_repair_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM, which the CLI turns into one) at the last step: no output, no temporary."""
+    import blackholes.pipelines.repair_check as check
+
+    src = sharded(tmp_path / "sharded")
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(check, "rescan", stop)
+    with pytest.raises(KeyboardInterrupt):
+        repair(src, tmp_path / "fixed", tokens="5")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["sharded"]

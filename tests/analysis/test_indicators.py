@@ -140,7 +140,8 @@ def test_to_json_is_strict_and_indexed_by_row():
 
 def test_to_json_with_categories():
     tokenizers = pytest.importorskip("tokenizers")
-    from blackholes.analysis.vocabulary import byte_level_alphabet, categorize
+    from blackholes.analysis.scripts import byte_level_alphabet
+    from blackholes.analysis.vocabulary import categorize
 
     alphabet = sorted(byte_level_alphabet(), key=byte_level_alphabet().get)
     tok = tokenizers.Tokenizer(tokenizers.models.BPE({c: i for i, c in enumerate(alphabet)}, []))

@@ -13,10 +13,10 @@ from hypothesis import given, settings, strategies as st
 tokenizers = pytest.importorskip("tokenizers")
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers  # noqa: E402
 
-from blackholes.analysis.vocabulary import (  # noqa: E402
-    CATEGORIES, GGUF_CATEGORIES, byte_category, byte_level_alphabet, byte_level_bytes, categorize,
-    categorize_vocabulary, is_unused_name, readable_bytes, script_of, script_of_bytes,
+from blackholes.analysis.scripts import (  # noqa: E402
+    byte_category, byte_level_alphabet, byte_level_bytes, is_unused_name, readable_bytes, script_of, script_of_bytes,
 )
+from blackholes.analysis.vocabulary import CATEGORIES, GGUF_CATEGORIES, categorize, categorize_vocabulary  # noqa: E402
 from blackholes.errors import BlackholesError  # noqa: E402
 from blackholes.sources.matrix import Vocabulary  # noqa: E402
 

@@ -42,7 +42,7 @@ def byte_level_bpe(size: int, rng) -> tuple:
     and the ids each script's words added."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
-    from blackholes.analysis.vocabulary import byte_level_alphabet
+    from blackholes.analysis.scripts import byte_level_alphabet
 
     char = {b: c for c, b in byte_level_alphabet().items()}
     vocab = {char[b]: b for b in range(256)}

@@ -352,25 +352,18 @@ def test_memory_admission_runs_models_one_at_a_time(tmp_path):
 
 
 def test_a_worker_that_keeps_dying_becomes_an_error_row():
-    from concurrent.futures import Future
-    from concurrent.futures.process import BrokenProcessPool
+    from blackholes.pipelines.runner import Task, run_tasks
 
-    runner = C.LocalRunner(1, memory_budget=10, retries=1)
-    runner._crashes, runner._suspects = {}, set()
-    task, rows, queue = C.Task("x"), [], C.deque()
+    rows, log = [], []
 
     def handle(t, outcome):
-        rows.append(outcome.row)
+        rows.append((outcome.error, outcome.attempts))
         return []
 
-    for attempt in range(2):
-        fut = Future()
-        fut.set_exception(BrokenProcessPool("gone"))
-        assert runner._collect([fut], {fut: (task, 0)}, queue, handle)
-        if attempt == 0:
-            assert list(queue) == [(task, 0)] and task in runner._suspects and not rows
-            queue.clear()
-    assert not queue and "worker process died 2 times" in rows[0]["error"]
+    # a task whose process dies every time it runs (as a model too large for memory would)
+    run_tasks([Task("x", os._exit, (1,))], handle, workers=2, retries=1, progress=None, log=log.append)
+    assert len(log) == 1 and "running it again" in log[0]  # the first death: run again, alone
+    assert len(rows) == 1 and "worker process died 2 times" in rows[0][0] and rows[0][1] == 2
 
 
 def test_local_pool_survives_a_killed_worker(tmp_path):
@@ -403,13 +396,15 @@ def test_local_pool_survives_a_killed_worker(tmp_path):
 def test_pool_processes_start_in_the_drivers_environment_and_folder(tmp_path, monkeypatch):
     import multiprocessing
 
-    monkeypatch.setattr(C, "_pool_context", lambda: multiprocessing.get_context("forkserver"))
+    from blackholes.pipelines import runner
+
+    monkeypatch.setattr(runner, "pool_context", lambda: multiprocessing.get_context("forkserver"))
     for i in range(2):  # the forkserver starts with the first census: the second's settings must still reach it
         cache_model(tmp_path / f"hub{i}", f"org/m{i}", tied=True, seed=i)
         monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / f"hub{i}"))
         write_model(tmp_path / f"dir{i}" / "local", tied=True, seed=i)
         monkeypatch.chdir(tmp_path / f"dir{i}")
-        r = C.census([f"org/m{i}", "local"], out=None, workers=1)
+        r = C.census([f"org/m{i}", "local"], out=None, workers=2)  # workers=1 scans in this process
         assert [row["error"] for row in r.rows] == [None, None]
 
 

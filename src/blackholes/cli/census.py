@@ -12,10 +12,10 @@ Parsing and calling only; the work is :func:`blackholes.pipelines.census.census`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
+import signal
 import sys
-
-from blackholes.errors import BlackholesError
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,47 +32,48 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("sources", metavar="SOURCE", nargs="*",
                    help="file.safetensors | model directory | org/name[@revision] | ollama:NAME[:TAG] | URL")
     p.add_argument("--out", metavar="DIR", required=True, help="the census folder (created if missing)")
-    g = p.add_argument_group("which models")
+    groups = {name: p.add_argument_group(name) for name in ("which models", "analysis (as scan)", "execution")}
+    g = groups["which models"]
     g.add_argument("--from-file", metavar="LIST", help="more sources, one a line (# comments)")
     g.add_argument("--hf-cache", action="store_true", help="every model in the local Hugging Face cache")
     g.add_argument("--ollama", action="store_true", help="every model in the local Ollama store")
-    g.add_argument("--matrix", choices=("input", "output", "both"), default="both",
-                   help="the input embedding, the output matrix, or both where untied (default: both)")
-    g = p.add_argument_group("analysis (as scan)")
-    g.add_argument("--near", type=int, nargs="?", const=8, metavar="K",
-                   help="near-duplicate clusters within K ULPs (K = 8 when given bare)")
-    g.add_argument("--indicators", action="store_true", help="under-trained token indicators and candidates")
-    g.add_argument("--masks", action="store_true", help="also write each model's mask to DIR/models/")
-    g = p.add_argument_group("execution")
-    g.add_argument("--workers", type=int, metavar="N",
-                   help="local processes (default: the cores; fewer when the models would not fit in memory)")
-    g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run on a Dask cluster, e.g. tcp://HOST:8786 (default: $DASK_SCHEDULER_ADDRESS)")
-    g.add_argument("--redo", action="store_true", help="scan again the models DIR already has")
-    g.add_argument("--quiet", action="store_true", help="print only the summary's location (and errors)")
+    add_option_arguments(groups)
+    groups["execution"].add_argument("--quiet", action="store_true", help="print only the summary's location (and errors)")
     from blackholes.cli.scan import value_may_precede_source
 
     value_may_precede_source(p, "--near")  # `census --near model.safetensors --out DIR`
     return p
 
 
-def run(args) -> int:
-    from blackholes.pipelines.census import census
+def add_option_arguments(groups: dict) -> None:
+    """One option per ``CensusOptions`` field that has a ``cli`` entry, its default and help from there."""
+    from blackholes.pipelines.census import CensusOptions
 
-    if args.workers is not None and args.workers < 1:
-        raise BlackholesError(f"--workers must be at least 1, got {args.workers}")
-    scheduler = args.scheduler  # else $DASK_SCHEDULER_ADDRESS, unless --workers asks for the local pool
-    if scheduler is None:
-        scheduler = (os.environ.get("DASK_SCHEDULER_ADDRESS") if args.workers is None else None) or "local"
-    result = census(
-        args.sources, out=args.out, from_file=args.from_file, hf_cache=args.hf_cache, ollama=args.ollama,
-        matrix=args.matrix, near=args.near, indicators=args.indicators, masks=args.masks, workers=args.workers,
-        scheduler=scheduler, redo=args.redo, log=None if args.quiet else _stderr,
-    )
+    for f in dataclasses.fields(CensusOptions):
+        cli = f.metadata.get("cli")
+        if cli is None:
+            continue
+        flag, g = "--" + f.name.replace("_", "-"), groups[cli["group"]]
+        if isinstance(f.default, bool):
+            g.add_argument(flag, action="store_true", help=cli["help"])
+            continue
+        extra = {k: cli[k] for k in ("metavar", "nargs", "const", "type", "choices") if k in cli}
+        shown = "" if f.default is None else f" (default: {f.default})"
+        g.add_argument(flag, default=f.default, help=cli["help"].format(const=cli.get("const")) + shown, **extra)
+
+
+def run(args) -> int:
+    from blackholes.pipelines.census import CensusOptions, census
+
+    options = {f.name: getattr(args, f.name) for f in dataclasses.fields(CensusOptions) if "cli" in f.metadata}
+    if options["scheduler"] is None:  # else $DASK_SCHEDULER_ADDRESS, unless --workers asks for the local pool
+        options["scheduler"] = (os.environ.get("DASK_SCHEDULER_ADDRESS") if args.workers is None else None) or "local"
+    result = census(args.sources, out=args.out, from_file=args.from_file, hf_cache=args.hf_cache,
+                    ollama=args.ollama, log=None if args.quiet else _stderr, **options)
     if result.interrupted:
-        print(f"blackholes: interrupted: {result.scanned:,} rows kept in {result.out}/census.jsonl; run the same "
-              "command again to go on", file=sys.stderr)
-        return 130
+        print(f"blackholes: {stopped_words(result.stopped_by)}: {result.scanned:,} rows kept in "
+              f"{result.out}/census.jsonl; run the same command again to go on", file=sys.stderr)
+        return 128 + int(getattr(signal, result.stopped_by or "SIGINT"))
     if not args.quiet:
         from blackholes.pipelines.census import human_bytes
 
@@ -81,6 +82,11 @@ def run(args) -> int:
     md, page = result.summary
     print(f"Summary: {page}  (also {md.name}, census.jsonl; all files in {result.out}/)")
     return 0
+
+
+def stopped_words(signal_name: str | None) -> str:
+    """How every command names what stopped it: ``interrupted``, ``terminated (SIGTERM)``, ``hung up (SIGHUP)``."""
+    return {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}.get(signal_name or "", "interrupted")
 
 
 def _stderr(line: str) -> None:

@@ -72,10 +72,11 @@ class JsonlStore:
 
     def rows(self) -> list[dict]:
         """Every complete row, in file order (the torn tail, if any, left out)."""
-        return [row for _, row in self.numbered()]
+        return [row for _, row in self.numbered() if row is not None]
 
-    def numbered(self) -> list[tuple[int, dict]]:
-        """``(line number, row)`` of every complete row."""
+    def numbered(self) -> list[tuple[int, dict | None]]:
+        """``(line number, row)`` of every complete, non-blank line; ``row`` is None for a line
+        that is not a JSON object (with ``strict``, such a line is an error instead)."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
@@ -92,10 +93,11 @@ class JsonlStore:
                 row = parse_json(line, what=f"{self.path.name} line {number}")
             except BlackholesError:
                 row = None
-            if isinstance(row, dict):
-                out.append((number, row))
-            elif self.strict:
-                raise BlackholesError(f"{self.path} line {number} is not a row of JSON")
+            if not isinstance(row, dict):
+                if self.strict:
+                    raise BlackholesError(f"{self.path} line {number} is not a row of JSON")
+                row = None
+            out.append((number, row))
         return out
 
     def repair(self) -> None:

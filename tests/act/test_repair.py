@@ -177,6 +177,8 @@ def test_bad_input_one_line_and_nothing_written(tmp_path):
         ((src, "--tokens", "verified"), "needs a scan JSON"),
         ((src, "--tokens", "0-63"), "every row"),
         ((q4k, "--tokens", "3"), "gguf cannot write Q4_K"),
+        ((src, "--recipe", "mean-cov", "--seed", "-1"), "--seed must be"),
+        ((src, "--tokens", "5-3"), "end before start"),
     ]
     for argv, words in cases:
         p = run_blackholes("repair", *argv, "--out", out)

@@ -382,6 +382,8 @@ def repair(source, out, *, tokens: str = "holes", scan=None, recipe: str = "mean
 
     if recipe not in RECIPES:
         raise BlackholesError(f"unknown recipe {recipe!r}; one of {', '.join(RECIPES)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise BlackholesError(f"--seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     p = plan(source, matrix)
     out = check_out(out, p)
     ids, sizes, _ = repair_tokens(p, tokens, scan)

@@ -131,6 +131,8 @@ def holes(doc: dict) -> list[int]:
     """Every token in a black hole, in any matrix the scan holds."""
     rows, out = vocab_rows(doc), set()
     for m in matrices(doc):
+        if not isinstance(m.get("groups") or [], list):
+            raise BlackholesError("scan JSON: groups is not a list")
         for i, g in enumerate(m.get("groups") or []):
             if not isinstance(g, dict):
                 raise BlackholesError(f"scan JSON: group {i + 1} is not an object")

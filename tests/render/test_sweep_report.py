@@ -11,6 +11,7 @@ import pytest
 
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import save_safetensors
+from blackholes.render import coarsening as coarsening_report
 from blackholes.render import sweep as report
 
 SIGMAS = [0.0, 1e-4, 1e-3, 1e-2, 0.1]
@@ -160,5 +161,5 @@ def test_coarsening_page(tmp_path):
     assert f"σ = **{report.fmt_sigma(best['sigma'])}**" in md
     assert md.count("\n| ") == len(result.sigmas) + 2
     assert "Closest to the target (3 holes, 38 tokens: 30, 6, 2)" in md  # a list of sizes has no name
-    text = report.coarsening_summary(data)
+    text = coarsening_report.coarsening_summary(data)
     assert "**" not in text and "Holes form up to σ" in text

@@ -643,7 +643,7 @@ def run_coarsening(args) -> int:
             f"{opts.dim:,} dims rounded to {opts.dtype}, around " + opts.centre.describe().replace("`", ""))
     result = run_sweep(opts, log=log)
     from blackholes.io.atomic import write_json
-    from blackholes.render.sweep import coarsening_summary, write_coarsening_report
+    from blackholes.render.coarsening import coarsening_summary, write_coarsening_report
 
     data = result.to_json()
     write_json(out / "coarsening.json", data)

@@ -62,6 +62,8 @@ def run(args) -> int:
         print(f"Unchanged: every other byte; {n:,} other tensors and {len(r['unchanged_files']):,} other files "
               "hash the same")
         print(f"Re-scan: {r['check']['summary']}")
+        for note in r["notes"]:
+            print(f"Note: {note}")
         if r.get("verification"):
             v = r["verification"]
             print(f"Verified before and after: {v['verdicts_changed']:,} of {len(v['tokens']):,} verdicts changed "

@@ -70,6 +70,7 @@ class Plan:
     targets: list[Target] = field(default_factory=list)
     roots: list[Path] = field(default_factory=list)  # folders the source reads (the copy must not be inside)
     reads: list[Path] = field(default_factory=list)  # every file loading it read (Matrix.read_files)
+    notes: list[str] = field(default_factory=list)  # e.g. why one of --matrix both's two is not repaired
 
 
 @dataclass
@@ -106,9 +107,10 @@ def plan(source, matrix: str = "both") -> Plan:
     if matrix not in MATRICES:
         raise BlackholesError(f"--matrix must be one of {', '.join(MATRICES)}, not {matrix!r}")
     text = os.fspath(source)
-    loaded = _load_all(text, matrix)
+    loaded, notes = _load_all(text, matrix)
     first = next(iter(loaded.values()))
     p = _files(text, first)
+    p.notes += notes
     if len(loaded) == 2 and _tied(loaded["input"], loaded["output"]):
         loaded = {"input+output": loaded["input"]}
     for which, m in loaded.items():
@@ -121,20 +123,20 @@ def plan(source, matrix: str = "both") -> Plan:
     return p
 
 
-def _load_all(text: str, matrix: str) -> dict[str, Matrix]:
-    """The matrices ``matrix`` names; for "both", those of the two the model has (a lone
-    ``embeddings`` tensor is an input embedding and no output matrix)."""
+def _load_all(text: str, matrix: str) -> tuple[dict[str, Matrix], list[str]]:
+    """(the matrices ``matrix`` names, notes); for "both", those of the two the model has (a lone
+    ``embeddings`` tensor is an input embedding and no output matrix), and why the other is not."""
     if matrix != "both":
-        return {matrix: _load(text, matrix)}
-    loaded, errors = {}, []
+        return {matrix: _load(text, matrix)}, []
+    loaded, errors = {}, {}
     for which in ("input", "output"):
         try:
             loaded[which] = _load(text, which)
         except BlackholesError as e:
-            errors.append(e)
+            errors[which] = e
     if not loaded:
-        raise errors[0]
-    return loaded
+        raise errors["input"]
+    return loaded, [f"no {which} matrix repaired: {e}" for which, e in errors.items()]
 
 
 def _load(text: str, which: str) -> Matrix:
@@ -395,7 +397,7 @@ def repair(source, out, *, tokens: str = "holes", scan=None, recipe: str = "mean
         write_copy(p, tmp, ids, rows)
         report = {"format": "blackholes.repair", "source": p.source, "kind": p.kind, "recipe": recipe,
                   "seed": seed if recipe == "mean-cov" else None, "tokens": str(tokens), "sets": sizes,
-                  "from": None if scan is None else str(scan), "token_ids": ids, "rows": len(ids),
+                  "from": None if scan is None else str(scan), "token_ids": ids, "rows": len(ids), "notes": p.notes,
                   "metadata": "every header is the source's (safetensors __metadata__, GGUF metadata): the repair is "
                               "recorded in repair.json and repair.md only"}
         report.update(prove(p, tmp, ids))

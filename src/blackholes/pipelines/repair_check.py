@@ -191,6 +191,7 @@ def report_markdown(r: dict) -> str:
               f"tensors and {len(r['unchanged_files']):,} other files hash the same before and after "
               "(sha256 of each in repair.json).", "", f"Re-scan: {r['check']['summary']}.", "",
               f"Metadata: {r['metadata']}.", ""]
+    lines += [f"Note: {note}" for note in r.get("notes", [])] + ([""] if r.get("notes") else [])
     if r.get("verification"):
         lines += _verification_lines(r["verification"])
     return "\n".join(lines)

@@ -214,26 +214,8 @@ def density_map(
     V, D = values.shape
     seconds = {"load": time.perf_counter() - t0}
 
-    mask_source = None
-    if auto_mask:
-        from blackholes.analysis.groups import scan
-
-        t = time.perf_counter()
-        result = scan(loaded if loaded is not None else array, dtype=dtype)
-        mask, black_hole_id = np.asarray(result.mask, bool), np.asarray(result.black_hole_id, np.int64)
-        mask_source = "scan"
-        seconds["scan"] = time.perf_counter() - t
-    elif isinstance(mask, (str, os.PathLike)):
-        mask_source = str(mask)
-        mask, ids = read_mask(mask, V)
-        black_hole_id = black_hole_id if black_hole_id is not None else ids
-    elif mask is not None:
-        mask = np.asarray(mask, bool)
-        if mask.shape != (V,):
-            raise BlackholesError(f"mask has shape {list(mask.shape)} but the matrix has {V} rows")
-        mask_source = "array"
-    if mask is not None and black_hole_id is None:
-        black_hole_id = _ids_from_mask(array, mask)
+    mask, black_hole_id, mask_source = _resolve_mask(mask, black_hole_id, auto_mask, loaded, array, dtype, V,
+                                                     seconds)
     if mask is not None and (~mask).sum() < 2:
         raise BlackholesError(f"the mask leaves {int((~mask).sum())} of {V} rows; nothing to map")
 
@@ -266,6 +248,38 @@ def density_map(
         out.hist_masked = histogram2d(kept.coords[~mask], bins=bins)
     out.seconds["total"] = time.perf_counter() - t0
     return out
+
+
+def _resolve_mask(mask, black_hole_id, auto_mask: bool, loaded, array: np.ndarray, dtype: str, V: int,
+                  seconds: dict):
+    """(mask [V] bool or None, black_hole_id or None, where the mask came from) for :func:`density_map`.
+
+    ``auto_mask`` scans the loaded matrix (its time goes into ``seconds["scan"]``); a path is
+    read as a ``blackholes scan --mask`` file; hole ids are found exactly when none are given.
+    """
+    import time
+
+    mask_source = None
+    if auto_mask:
+        from blackholes.analysis.groups import scan
+
+        t = time.perf_counter()
+        result = scan(loaded if loaded is not None else array, dtype=dtype)
+        mask, black_hole_id = np.asarray(result.mask, bool), np.asarray(result.black_hole_id, np.int64)
+        mask_source = "scan"
+        seconds["scan"] = time.perf_counter() - t
+    elif isinstance(mask, (str, os.PathLike)):
+        mask_source = str(mask)
+        mask, ids = read_mask(mask, V)
+        black_hole_id = black_hole_id if black_hole_id is not None else ids
+    elif mask is not None:
+        mask = np.asarray(mask, bool)
+        if mask.shape != (V,):
+            raise BlackholesError(f"mask has shape {list(mask.shape)} but the matrix has {V} rows")
+        mask_source = "array"
+    if mask is not None and black_hole_id is None:
+        black_hole_id = _ids_from_mask(array, mask)
+    return mask, black_hole_id, mask_source
 
 
 def default_bins(rows: int) -> int:

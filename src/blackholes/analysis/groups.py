@@ -255,17 +255,7 @@ def scan(
     ids = np.concatenate(found).tolist() if found else []
     strings, vocab_size, tok_path = _token_strings(m, tokenizer, ids)
 
-    mask = np.zeros(n, dtype=bool)
-    black_hole_id = np.zeros(n, dtype=np.int32)
-    groups = []
-    for i, ids in enumerate(found, start=1):
-        mask[ids] = True
-        black_hole_id[ids] = i
-        id_list = ids.tolist()
-        toks = [strings[t] for t in id_list] if strings is not None else None
-        groups.append(Group(id=i, size=len(id_list), token_ids=id_list, tokens=toks, token_types=_types(m, id_list)))
-    first = np.array([ids[0] for ids in found], dtype=np.int64)
-    vectors = np.array(m.array[first]) if len(first) else np.zeros((0, d), m.array.dtype)
+    groups, mask, black_hole_id, vectors = _holes(m, found, strings)
     black = int(mask.sum())
     extras = dead_vocabulary(m, found, tokenizer=tokenizer or m.tokenizer, near=near, indicators=indicators,
                              reference=reference, percentile=percentile, progress=progress)
@@ -299,6 +289,23 @@ def scan(
         source_matrix=m,
         notes=extras.notes,
     )
+
+
+def _holes(m: Matrix, found: list[np.ndarray], strings) -> tuple[list[Group], np.ndarray, np.ndarray, np.ndarray]:
+    """(the Groups, mask [V], black_hole_id [V], one vector per hole) from the exact groups found."""
+    n, d = m.shape
+    mask = np.zeros(n, dtype=bool)
+    black_hole_id = np.zeros(n, dtype=np.int32)
+    groups = []
+    for i, ids in enumerate(found, start=1):
+        mask[ids] = True
+        black_hole_id[ids] = i
+        id_list = ids.tolist()
+        toks = [strings[t] for t in id_list] if strings is not None else None
+        groups.append(Group(id=i, size=len(id_list), token_ids=id_list, tokens=toks, token_types=_types(m, id_list)))
+    first = np.array([ids[0] for ids in found], dtype=np.int64)
+    vectors = np.array(m.array[first]) if len(first) else np.zeros((0, d), m.array.dtype)
+    return groups, mask, black_hole_id, vectors
 
 
 def _label_groups(groups: list[Group], categories) -> None:

@@ -78,6 +78,29 @@ def _tokens(n: int) -> str:
     return f"{n:,} token" + ("" if n == 1 else "s")
 
 
+def _norms_panel(ax, dmap, has_mask: bool) -> None:
+    """Panel (3) of the density map: the distribution of row norms, black-hole tokens stacked in red."""
+    import numpy as np
+
+    V, n_bh = dmap.shape[0], dmap.black_hole_tokens
+    norms = dmap.norms
+    lo, hi = float(norms.min()), float(norms.max())
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, 101)
+    if has_mask and n_bh:
+        ax.hist([norms[~dmap.mask], norms[dmap.mask]], bins=edges, stacked=True,
+                color=["#4c72b0", "#d62728"],
+                label=[f"other tokens ({V - n_bh:,})", f"black-hole tokens ({n_bh:,})"])
+        ax.legend(loc="upper right", fontsize=8.5)
+    else:
+        ax.hist(norms, bins=edges, color="#4c72b0", label=f"all tokens ({V:,})")
+        ax.legend(loc="upper right", fontsize=8.5)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=0.7)  # a bin holding 1 token stays visible; empty bins draw nothing
+    ax.set_xlabel("L2 norm of the embedding row (embedding units)")
+    ax.set_ylabel("tokens per bin (log scale)")
+    ax.set_title("Row norms" + (" — black-hole tokens in red" if has_mask and n_bh else ""))
+
+
 def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 5) -> Path:
     """Draw a :class:`~blackholes.density.DensityMap`: density without and with the mask, and the norms.
 
@@ -142,24 +165,7 @@ def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 
         ax.set_ylabel(_pc_label(dmap.masked, 1))
         _note_outside(ax, dmap.hist_masked.outside)
 
-    # (3) norms
-    ax = axes[-1]
-    norms = dmap.norms
-    lo, hi = float(norms.min()), float(norms.max())
-    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, 101)
-    if has_mask and n_bh:
-        ax.hist([norms[~dmap.mask], norms[dmap.mask]], bins=edges, stacked=True,
-                color=["#4c72b0", "#d62728"],
-                label=[f"other tokens ({V - n_bh:,})", f"black-hole tokens ({n_bh:,})"])
-        ax.legend(loc="upper right", fontsize=8.5)
-    else:
-        ax.hist(norms, bins=edges, color="#4c72b0", label=f"all tokens ({V:,})")
-        ax.legend(loc="upper right", fontsize=8.5)
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=0.7)  # a bin holding 1 token stays visible; empty bins draw nothing
-    ax.set_xlabel("L2 norm of the embedding row (embedding units)")
-    ax.set_ylabel("tokens per bin (log scale)")
-    ax.set_title("Row norms" + (" — black-hole tokens in red" if has_mask and n_bh else ""))
+    _norms_panel(axes[-1], dmap, has_mask)
 
     name = Path(dmap.source).name if os.sep in dmap.source and Path(dmap.source).exists() else dmap.source
     head = title or (f"{name}  [{dmap.key}]" if dmap.key else name)

@@ -538,8 +538,8 @@ def _run_dask(tasks: list[Task], order: _Order, client, bar: _Bar, log) -> None:
     numbers = itertools.count()
 
     def submit(t: Task):
-        name = re.sub(r"[^A-Za-z0-9._-]+", "-", t.key)[:120]
-        fut = client.submit(_call, t.fn, t.args, t.kwargs, key=f"{name}-{run_id}-{next(numbers)}", pure=False)
+        key = f"{re.sub(r'[^A-Za-z0-9._-]+', '-', t.key)[:120]}-{run_id}-{next(numbers)}"
+        fut = client.submit(_call, t.fn, t.args, t.kwargs, key=key, pure=False)
         futures[fut] = t
         return fut
 
@@ -552,7 +552,7 @@ def _run_dask(tasks: list[Task], order: _Order, client, bar: _Bar, log) -> None:
             except Exception as e:  # KilledWorker after the allowed worker deaths, a lost future, ...
                 outcome = Outcome(None, dask_failure(e), _dask_attempts(client, fut.key))
             if outcome.attempts > 1 and log is not None:
-                log(f"{task.label or task.key}: its Dask worker died; the scheduler ran it again")
+                log(f"{task.label or task.key}: the Dask worker holding it died; the scheduler ran it again")
             bar.finished(task)
             more = order.done(task, outcome)
             bar.more(more)
@@ -565,8 +565,9 @@ def _run_dask(tasks: list[Task], order: _Order, client, bar: _Bar, log) -> None:
 
 
 def _dask_attempts(client, key) -> int:
-    """How many times the scheduler started the task: its transitions to processing, from the
-    scheduler's own record (1 when the record cannot be read)."""
+    """How many times the scheduler gave the task to a worker (its transitions to processing, from
+    the scheduler's own record): more than once when a worker died holding it, running or queued
+    there, which Dask counts as that worker's failure too. 1 when the record cannot be read."""
     try:
         story = client.sync(client.scheduler.get_story, keys_or_stimuli=[key])
     except Exception:  # an older scheduler, a closed connection: the count is a detail

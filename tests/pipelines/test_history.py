@@ -8,6 +8,7 @@ and events, last motion and lineages against ``dynamics --census`` of the same s
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import sys
@@ -319,3 +320,20 @@ def test_a_dask_cluster_gives_the_same_history(tmp_path):
             there = history([tmp_path / "run"], scheduler=client, out=tmp_path / "h")
             assert client.status == "running"  # a Client passed in is left open
     assert (there.checkpoints, there.events, there.matrices) == (here.checkpoints, here.events, here.matrices)
+
+
+def test_a_rerun_reads_again_only_what_it_cannot_trust(tmp_path):
+    mats = planted()
+    for i, m in enumerate(mats):
+        write_checkpoint(tmp_path / "run" / f"checkpoint-{i}", m)
+    first = history([tmp_path / "run"], out=tmp_path / "h", workers=1)
+    store = tmp_path / "h" / "history.jsonl"
+    rows = [json.loads(line) for line in store.read_text().splitlines()]
+    name = hashlib.sha256(rows[0]["key"].encode()).hexdigest()[:24]
+    (tmp_path / "h" / "digests" / f"{name}.npy").unlink()  # the first checkpoint's digests gone
+    hostile = {**rows[1], "holes": [[0, 10**6]]}  # a row naming a token outside the vocabulary
+    with open(store, "a") as f:
+        f.write(json.dumps(hostile) + "\n" + '{"key": "torn')  # and a torn last line
+    again = history([tmp_path / "run"], out=tmp_path / "h", workers=1)
+    assert again.read == 2 and (again.checkpoints, again.events) == (first.checkpoints, first.events)
+    assert history([tmp_path / "run"], out=tmp_path / "h", workers=1).read == 0

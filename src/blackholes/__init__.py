@@ -47,6 +47,7 @@ _LAZY = {
     "ExportResult": "pipelines.export",
     "repair": "pipelines.repair",
     "RepairResult": "pipelines.repair",
+    "Verification": "verify",  # the function is blackholes.verify.verify: the subpackage has its name
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -120,3 +120,25 @@ def test_bad_input_is_one_line(lm, tmp_path):
                 continue
         p = run_blackholes(*argv)
         assert_one_line_error(p.returncode, p.stderr, words)
+
+
+def test_scan_verify_adds_the_verdicts_to_the_json_the_mask_and_the_report(lm, tmp_path):
+    from safetensors.numpy import load_file
+
+    js, mask, report = tmp_path / "scan.json", tmp_path / "mask.safetensors", tmp_path / "report"
+    p = run_blackholes("scan", lm["folder"], "--verify", "--device", "cpu", "--json", js, "--mask", mask,
+                       "--report", report)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(js.read_text())
+    v = doc["verification"]
+    assert sorted(t["id"] for t in v["tokens"]) == sorted(lm["dead"])  # the hole members
+    assert v["counts"]["verified"] == len(lm["dead"])
+    tensors = load_file(mask)
+    assert sorted(map(int, tensors["verified"].nonzero()[0])) == sorted(lm["dead"])
+    assert int(tensors["mask"].sum()) == len(lm["dead"])
+    page = (report / "report.md").read_text()
+    answer = page.split("## Answer", 1)[1].split("\n## ", 1)[0]
+    assert f"**{len(lm['dead'])} of " in answer and "tokens are dead" in answer
+    assert "more tokens are verified as under-trained" in answer
+    assert "## Verified by the model" in page and "Where verification and the indicator disagree" in page
+    assert "Verified (magikarp" in p.stdout

@@ -156,18 +156,18 @@ class ScanResult:
             out["notes"] = list(self.notes)
         return out
 
-    def save_mask(self, path: str | os.PathLike) -> None:
+    def save_mask(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """Write ``mask`` (bool [V]), ``black_hole_id`` (int32 [V]) and ``vectors``
         ([n_groups, D], the source dtype; row i-1 = group i) as safetensors, atomically;
         with ``near`` also ``cluster_id`` (int32 [V], 0 = in no cluster), with
-        ``indicators`` also ``candidate`` (bool [V]).
+        ``indicators`` also ``candidate`` (bool [V]); ``extra``: more tensors (e.g. verdicts).
 
         >>> scan("model.safetensors").save_mask("black_hole_mask.safetensors")
         >>> from safetensors.numpy import load_file
         >>> int(load_file("black_hole_mask.safetensors")["black_hole_id"][40])
         2
         """
-        save_safetensors(path, self.mask_tensors(), metadata=self.mask_metadata())
+        save_safetensors(path, {**self.mask_tensors(), **(extra or {})}, metadata=self.mask_metadata())
 
     def mask_tensors(self, suffix: str = "") -> dict:
         """``mask``, ``black_hole_id`` and ``vectors`` (+ ``suffix``) as :func:`save_safetensors` takes them.
@@ -364,14 +364,16 @@ class ModelScan:
         return {"source": self.input.source, "tied": self.tied,
                 "matrices": {r.matrix or name: r.to_json() for name, r in zip(("input", "output"), self.results)}}
 
-    def save_mask(self, path: str | os.PathLike) -> None:
-        """``mask_input`` / ``mask_output`` (and their ids and vectors) and ``mask``, their union."""
+    def save_mask(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+        """``mask_input`` / ``mask_output`` (and their ids and vectors) and ``mask``, their union
+        (``extra``: more tensors)."""
         tensors = self.input.mask_tensors("_input")
         union = self.input.mask.copy()
         if self.output is not None:
             tensors.update(self.output.mask_tensors("_output"))
             union |= self.output.mask
         tensors["mask"] = union
+        tensors.update(extra or {})
         meta = {**self.input.mask_metadata(), "matrices": "input" + (",output" if self.output else ""),
                 "tied": str(self.tied).lower()}
         save_safetensors(path, tensors, metadata=meta)

@@ -60,6 +60,12 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--report", metavar="DIR", help="write report.html and report.md (with plots) into DIR")
     p.add_argument("--top", type=int, default=10, metavar="N", help="largest groups to print (default 10)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--verify", action="store_true",
+                   help="then verify the hole members and candidates with the model itself (as `blackholes verify`):"
+                   " the JSON, mask and report gain the verdicts")
+    from blackholes.cli.verify import add_engine_arguments  # argparse only: no torch
+
+    add_engine_arguments(p)
     value_may_precede_source(p, "--near")
     return p
 
@@ -138,9 +144,13 @@ def run(args) -> int:
                         progress=not args.quiet)
         check_outputs(outputs, inputs=matrix_files(m))
         result = scan(m, tokenizer=args.tokenizer, progress=not args.quiet, **opts)
-    _write(result, args)
+    verification = _verify(result, args) if args.verify else None
+    _write(result, args, verification)
     if not args.quiet:
         print(result.summary(top=args.top))
+        if verification is not None:
+            print()
+            print(verification.summary())
         for path, what in ((args.mask, "Mask"), (args.json, "Report"), (args.report, "Page")):
             if path and path != "-":
                 print(f"{what} written to {path}")
@@ -155,13 +165,36 @@ def _report_files(folder) -> list:
     return report_paths(folder) if Path(folder).exists() else []  # a new folder holds nothing to clash with
 
 
-def _write(result, args) -> None:
+def _verify(result, args):
+    """Verdicts for every hole member and candidate the scan found (of either matrix), by the model itself."""
+    from blackholes.verify import verify
+
+    ids = set()
+    for r in getattr(result, "results", [result]):
+        ids.update(t for g in r.groups for t in g.token_ids)
+        ids.update(r.candidates)
+    return verify(args.source, sorted(ids), method=args.method, device=args.device, dtype=args.dtype,
+                  batch_size=args.batch_size, progress=not args.quiet)
+
+
+def _write(result, args, verification=None) -> None:
+    if verification is not None:
+        result.verification = verification  # the report reads it from the result
     if args.mask:
-        result.save_mask(args.mask)
+        if verification is None:
+            result.save_mask(args.mask)
+        else:
+            from blackholes.verify import mask_tensors
+
+            rows = getattr(result, "input", result).shape[0]
+            result.save_mask(args.mask, extra=mask_tensors(verification, rows))
     if args.json:
         from blackholes.io.atomic import write_json
 
-        write_json(args.json, result.to_json())
+        doc = result.to_json()
+        if verification is not None:
+            doc["verification"] = verification.to_json()
+        write_json(args.json, doc)
     if args.report:
         from blackholes.render.model_report import write_report
 

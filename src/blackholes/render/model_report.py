@@ -41,7 +41,7 @@ from blackholes.render.report_page import answer_section, intro, made_with, scan
 from blackholes.render.report_plots import draw_plots
 
 REPORT_FILES = ("report.md", "report.html")
-PLOT_NAMES = ("norms.png", "indicator.png", "holes.png", "map.png")
+PLOT_NAMES = ("norms.png", "indicator.png", "holes.png", "map.png", "verification.png")
 PREFIXES = ("", "input_", "output_")  # one matrix; --matrix both: one set of plots per matrix
 
 
@@ -106,6 +106,13 @@ def write_report(result, folder: str | os.PathLike, *, matrix=None, title: str |
     written: list[Path] = []
     intro(doc, result, parts)
     answers = answer_section(doc, result, parts)
+    verification = getattr(result, "verification", None)  # scan --verify: the model's own verdicts
+    if verification is not None:
+        from blackholes.render import verification as verified
+
+        lines = verified.answer_lines(result, verification)
+        doc.bullets(lines)
+        answers = answers + lines  # a new list: the page keeps answer_section's own
     for label, r, m, prefix in parts:
         level = 2 if label is None else 3
         if label is not None:
@@ -119,6 +126,8 @@ def write_report(result, folder: str | os.PathLike, *, matrix=None, title: str |
             doc.image(path, caption)
         if missing:
             doc.bullets([f"not drawn: {n}" for n in missing])
+    if verification is not None:
+        written += [p for p, _ in verified.section(doc, result, verification, folder / "plots")]
     made_with(doc, parts, folder)
     _remove_stale(folder / "plots", written)
     from blackholes.io.atomic import write_text

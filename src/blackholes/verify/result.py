@@ -89,3 +89,23 @@ class Verification:
         if len(verified) > top:
             lines.append(f"  ... {len(verified) - top:,} more")
         return "\n".join(lines)
+
+
+def mask_tensors(v: Verification, rows: int) -> dict:
+    """Per-row tensors for a mask file: ``verified`` (bool [V], True where the token's highest probability is
+    below 0.01) and ``verified_max_prob`` (float32 [V], NaN for tokens not tested).
+
+    >>> t = mask_tensors(Verification("magikarp", "m", "float32", {}, {}, 0.0, [TokenVerdict(1, "a", 0.5,
+    ...                  "weak_rejected", {}, {})]), 3)
+    >>> t["verified"].tolist(), t["verified_max_prob"].tolist()[1]
+    ([False, False, False], 0.5)
+    """
+    import numpy as np
+
+    verified = np.zeros(rows, bool)
+    prob = np.full(rows, np.nan, np.float32)
+    for t in v.tokens:
+        if 0 <= t.id < rows:
+            verified[t.id] = t.verified
+            prob[t.id] = t.max_prob
+    return {"verified": verified, "verified_max_prob": prob}

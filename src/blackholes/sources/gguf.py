@@ -236,7 +236,7 @@ def _string_array(cur: _Cursor, key: str) -> StringArray:
         for _ in range(n):
             keep(pos)
             pos += 8 + unpack(buf, pos)[0]
-    except struct.error:  # a length field past the end of the file
+    except (struct.error, OverflowError):  # a length field past the end of the file (or past any file)
         pos = cur.end + 1
     if pos > cur.end:
         raise _Corrupt(f"the strings of {key!r} run past the end of the file (truncated?)")
@@ -364,12 +364,7 @@ def open_gguf_model(path: str | Path) -> GGUFModel:
     split = SPLIT_NAME.match(path.name)
     if split is None:
         model = GGUFModel([path], [None])
-        count = _split_count(model.first)
-        if count > 1:
-            raise BlackholesError(
-                f"{path} is one part of a {count}-file split GGUF, but its name does not end in "
-                f"-NNNNN-of-{count:05d}.gguf, so the other parts cannot be found"
-            )
+        model.header(0)  # a part of a split model under another name is refused here
         return model
     no, count = int(split["no"]), int(split["count"])
     if not 1 <= no <= count:
@@ -396,7 +391,12 @@ def _split_count(header: GGUFHeader) -> int:
 def _checked_shard(header: GGUFHeader, i: int, count: int) -> GGUFHeader:
     """A shard's own split.* metadata must agree with its place in the file names."""
     if count == 1:
-        _split_count(header)
+        parts = _split_count(header)
+        if parts > 1:
+            raise BlackholesError(
+                f"{header.path} is one part of a {parts}-file split GGUF, but its name does not end in "
+                f"-NNNNN-of-{parts:05d}.gguf, so the other parts cannot be found"
+            )
         return header
     found = (header.metadata.get("split.no"), header.metadata.get("split.count"))
     if found != (i, count) or any(isinstance(v, bool) for v in found):

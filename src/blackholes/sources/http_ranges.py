@@ -215,8 +215,7 @@ class HttpFile:
         answer proves the server honours ``Range``; learns the file's size."""
         out = bytearray(n)
         got = self._range(0, memoryview(out), None, short_ok=True)
-        del out[got:]
-        return out
+        return out[:got]  # a copy: a retried attempt's traceback may still hold a view of ``out``
 
     def read(self, start: int, stop: int) -> bytearray:
         out = bytearray(stop - start)

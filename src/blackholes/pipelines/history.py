@@ -67,7 +67,7 @@ def read_checkpoint(source: str, record_step: int | None = None, matrix: str | N
     if near is not None:
         halo, note = _halo(m, holes, near)
     V, D = m.shape
-    return {"vocab": V, "dim": D, "dtype": m.dtype, "tensor": m.key, "revision": m.revision,
+    return {"vocab": V, "dim": D, "dtype": m.dtype, "tensor": m.key, "revision": m.revision, "tied": m.tied,
             "remote": m.bytes_read is not None,
             "bytes_read": int(m.bytes_read if m.bytes_read is not None else m.array.nbytes),
             "holes": [h.tolist() for h in holes], "halo": halo, "note": note, "digests": digests,
@@ -309,7 +309,8 @@ def _entry(r: dict, canon: dict[tuple, int]) -> dict:
         "distinct": r["vocab"] - sum(sizes) + len(sizes), "holes": len(sizes), "tokens_in_holes": sum(sizes),
         "largest": max(sizes, default=0), "hole_sizes": sizes, "hole_ids": [canon[tuple(h)] for h in r["holes"]],
         "vocab": r["vocab"], "dim": r["dim"], "dtype": r["dtype"], "tensor": r["tensor"],
-        "revision": r.get("revision"), "bytes_read": r["bytes_read"], "remote": r.get("remote", False),
+        "revision": r.get("revision"), "tied": r.get("tied"), "bytes_read": r["bytes_read"],
+        "remote": r.get("remote", False),
     })
     if r.get("halo") is not None or r.get("note"):
         entry["halo"] = r.get("halo")

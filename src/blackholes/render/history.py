@@ -61,6 +61,10 @@ def headline(section: dict, events: list[dict], matrix: str) -> list[str]:
         lines.append(f"Groups split **{len(fis):,}** time(s) and merged **{len(mer):,}** time(s), at step(s) {where}.")
     else:
         lines.append("No group ever split or merged between consecutive checkpoints.")
+    changes = section.get("partition_changes") or []
+    if changes and first is not None:
+        lines.append(f"The holes took their final membership at {_at(changes[-1])}, the last checkpoint at which "
+                     "any group's members changed.")
     dead, whole = section["frozen_from"]["dead_set"], section["frozen_from"]["matrix"]
     if first is not None:
         if dead is not None:
@@ -72,7 +76,7 @@ def headline(section: dict, events: list[dict], matrix: str) -> list[str]:
                  else "The matrix still changes at the last checkpoint.")
     frozen = [h for h in section["lineages"] if h["frozen_from"] is not None]
     if frozen:
-        lines.append("Frozen holes: " + ", ".join(f"lineage {h['id']} ({h['size']:,} tokens) from {_at(h['frozen_from'])}"
+        lines.append("Frozen holes: " + ", ".join(f"hole lineage {h['id']} ({h['size']:,} tokens) from {_at(h['frozen_from'])}"
                                                   for h in frozen[:6]) + (" …" if len(frozen) > 6 else "") + ".")
     for e in (e for e in mine if e["kind"] == "resize"):
         lines.append(f"The vocabulary is resized at {_at(e['step'])}: {e['vocab_before']:,} → {e['vocab_after']:,} "
@@ -231,8 +235,9 @@ def plot_swimlane(good: list[dict], section: dict, path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlim(steps[0], ends[-1])
     ax.set_xlabel("step (a bar: a hole with exactly these members, from that checkpoint to the next)")
-    shown = f"the {len(holes)} longest-lived of {len(section['holes']):,}" if len(section["holes"]) > len(holes) else "each"
-    ax.set_title(f"Swimlane: {shown} hole membership(s) over time")
+    shown = (f"the {len(holes)} longest-lived of {len(section['holes']):,} hole memberships"
+             if len(section["holes"]) > len(holes) else "each hole membership")
+    ax.set_title(f"Swimlane: {shown} over time")
     ax.grid(alpha=0.3, axis="x")
     if not holes:
         ax.text(0.5, 0.5, "no hole at any checkpoint", transform=ax.transAxes, ha="center")

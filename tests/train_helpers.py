@@ -18,7 +18,7 @@ def write_corpus(path: Path, n: int = 3000, seed: int = 0) -> Path:
 
 def small(corpus, **kw) -> TrainConfig:
     """A tiny eager run over ``corpus`` (32-byte vocabulary, width 16, one layer)."""
-    base = dict(corpus=str(corpus), steps=12, vocab=32, context=16, width=16, layers=1, heads=2, compile=False)
+    base = dict(corpus=str(corpus), steps=12, vocab=32, context=16, width=16, layers=1, heads=2)  # eager: the default
     return TrainConfig(**{**base, **kw})
 
 

@@ -118,9 +118,16 @@ def test_batches_group_shapes_and_use_every_worker():
     assert len(S.plan_batches(list(range(10)), configs, runs_per_batch=16, workers=6)) == 6
     grid = {0: TrainConfig(steps=70_000), 1: TrainConfig(steps=70_000, precision="fp32"),
             2: TrainConfig(steps=70_000, precision="fp32", seed=1), 3: TrainConfig(steps=1_000, width=32)}
-    compiled = S.decide_compile(grid, "auto")
-    assert compiled == {0: True, 1: False, 2: False, 3: False}  # alone in its shape and long enough; stacked never
+    # Run 0 is alone in its shape and long enough to have compiled under the older rule: it keeps its
+    # (eager) numerics. Only a run whose recipe says compiled compiles, and it trains alone.
+    assert S.decide_compile(grid, "auto") == {0: False, 1: False, 2: False, 3: False}
     assert not any(S.decide_compile(grid, "never").values())
+    grid[4] = TrainConfig(steps=70_000, precision="fp32", numerics="compiled")
+    grid[5] = TrainConfig(steps=70_000, precision="fp32", numerics="compiled", seed=1)
+    assert S.decide_compile(grid, "auto") == {0: False, 1: False, 2: False, 3: False, 4: True, 5: True}
+    assert [t.runs for t in S.plan_batches(list(grid), grid)] == [(0,), (1, 2), (3,), (4,), (5,)]
+    with pytest.raises(BlackholesError, match="--no-compile .* and --numerics compiled disagree"):
+        S.decide_compile(grid, "never")
 
 
 # ---------------------------------------------------------------------------- bad input, before any training
@@ -170,7 +177,8 @@ def test_files_follow_the_format(recorded):
         assert {"run", "options", "final", "hole_sizes", "freeze_step", "first_fission", "final_loss", "seconds",
                 "batched", "error"} <= set(row) and row["error"] is None and row["batched"]
         assert set(row["final"]) == {"distinct", "holes", "tokens_in_holes", "largest", "never_seen_one_point"}
-        assert row["options"]["steps"] == 70 and row["options"]["compile"] is False
+        assert row["options"]["steps"] == 70 and row["options"]["numerics"] == "eager" and not row["compiled"]
+        assert "compile" not in row["options"]  # the older spelling of numerics: one name per setting
     header = read_header(recorded.out / "steps.safetensors")
     assert json.loads(header.metadata["runs"]) == list(range(8))
     assert json.loads(header.metadata["steps"]) == list(range(71))
@@ -186,6 +194,26 @@ def test_recordings_are_the_train_recordings_byte_for_byte(recorded, tmp_path):
         mine = recorded.out / "recordings" / f"run-{row['run']:06d}.safetensors"
         theirs = train(TrainConfig(**row["options"]), tmp_path / f"t{row['run']}.safetensors", progress=False).path
         assert mine.read_bytes() == theirs.read_bytes()
+
+
+def test_every_numerics_and_precision_is_the_train_run_bit_for_bit_stacked_and_alone(corpus, tmp_path):
+    """Eager runs stacked (two seeds), compiled runs each alone, and an eager run alone in its shape (width 8),
+    in bf16, fp32 and bf16-mixed: every recording is byte for byte `train`'s with the row's options."""
+    grid = dict(corpus=str(corpus), precision="bf16,fp32,bf16-mixed", numerics="eager,compiled", seed="0-1",
+                steps=4, **TINY)
+    r = S.sweep(tmp_path / "s", record="all", workers=1, **grid)
+    alone = S.sweep(tmp_path / "alone", record="all", workers=1, **{**grid, "seed": 0, "numerics": "eager",
+                                                                     "precision": "bf16", "width": 8})
+    assert r.trained == 12 and alone.trained == 1 and not alone.runs[0]["compiled"]
+    for row in r.runs:
+        compiled = row["options"]["numerics"] == "compiled"
+        assert row["compiled"] == compiled and row["batched"] == (not compiled), row
+    for sweep_result in (r, alone):
+        for row in sweep_result.runs:
+            mine = sweep_result.out / "recordings" / f"run-{row['run']:06d}.safetensors"
+            theirs = train(TrainConfig(**row["options"]), tmp_path / f"t{row['run']}.safetensors", progress=False)
+            assert theirs.numerics == row["options"]["numerics"]
+            assert mine.read_bytes() == theirs.path.read_bytes(), row["options"]
 
 
 def test_the_per_step_census_is_dynamics_census_of_the_recording(recorded):
@@ -255,18 +283,20 @@ def test_ctrl_c_keeps_finished_batches_and_a_rerun_resumes(corpus, tmp_path):
 
 
 def test_a_batch_that_fails_is_error_rows_and_is_retried(corpus, tmp_path, monkeypatch):
-    real = S._train
+    from blackholes.pipelines import sweep_batch
+
+    real = sweep_batch.train_runs
 
     def broken(task, progress):
         if 0 in task.runs:
             raise RuntimeError("boom\nsecond line")
         return real(task, progress)
 
-    monkeypatch.setattr(S, "_train", broken)
+    monkeypatch.setattr(sweep_batch, "train_runs", broken)
     r = S.sweep(tmp_path / "s", **here(corpus))
     assert r.failed == 2 and [row["error"] for row in r.runs[:2]] == ["RuntimeError: boom second line"] * 2
     assert r.run_ids == [2, 3, 4, 5]  # the failed batch (runs 0, 1) has no per-step rows
-    monkeypatch.setattr(S, "_train", real)
+    monkeypatch.setattr(sweep_batch, "train_runs", real)
     again = S.sweep(tmp_path / "s", **here(corpus))
     assert again.trained == 2 and again.failed == 0 and again.run_ids == list(range(6))
 

@@ -102,7 +102,7 @@ def test_summary_is_mean_min_max_over_seeds():
     runs = [{"options": {"sigma": 0.1, "seed": s, "precision": "bf16"}, "final": {"holes": h, "tokens_in_holes": 2 * h,
              "largest": h}, "freeze_step": f, "error": None} for s, h, f in ((0, 1, 10), (1, 3, None), (2, 5, 30))]
     runs.append({"options": {"sigma": 0.1, "seed": 3, "precision": "bf16"}, "error": "boom"})
-    (row,) = report.summarise(runs)["bf16"]
+    (row,) = report.summarise(runs)["bf16, eager numerics"]
     assert row["seeds"] == 3
     assert row["holes"] == {"mean": 3.0, "min": 1, "max": 5, "n": 3}
     assert row["freeze"] == {"mean": 20.0, "min": 10, "max": 30, "n": 2} and row["never_froze"] == 1
@@ -112,7 +112,21 @@ def test_summary_is_mean_min_max_over_seeds():
 def test_an_option_that_varies_makes_its_own_curve():
     runs = [{"options": {"sigma": 0, "seed": 0, "precision": "bf16", "init": i, "steps": 10}, "final": {"holes": 1},
              "error": None} for i in ("centre", "unit")]
-    assert sorted(report.summarise(runs)) == ["bf16, init=centre", "bf16, init=unit"]
+    assert sorted(report.summarise(runs)) == ["bf16, eager numerics, init=centre", "bf16, eager numerics, init=unit"]
+
+
+def test_numerics_make_curves_and_the_page_says_whether_the_rounding_moves_the_freeze(tmp_path):
+    """Rows written before numerics existed read as their ``compiled`` field says."""
+    base = {"sigma": 0, "seed": 0, "precision": "bf16", "steps": 10}
+    runs = [{"options": {**base, "numerics": "eager"}, "final": {"holes": 11}, "freeze_step": 25, "error": None},
+            {"options": {**base, "numerics": "compiled"}, "final": {"holes": 4}, "freeze_step": 25, "error": None},
+            {"options": {**base, "seed": 1}, "compiled": False, "final": {"holes": 2}, "freeze_step": 7, "error": None}]
+    assert sorted(report.summarise(runs)) == ["bf16, compiled numerics", "bf16, eager numerics"]
+    assert report.summarise(runs)["bf16, eager numerics"][0]["seeds"] == 2
+    words = report.numerics_words(runs)
+    assert words.startswith("1 run(s) trained with both numerics: 1 freeze at the same step and 0 end with the same")
+    assert "the rounding path moves them" in words
+    assert report.numerics_words(runs[:1]) is None
 
 
 def test_partial_last_line_and_missing_steps_file(tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from blackholes.errors import BlackholesError
 from blackholes.training import loop
 from blackholes.training.loop import (
     Trainer,
@@ -79,8 +80,8 @@ def test_compiled_forwards_are_kept_per_thread_count_and_only_when_they_work(cor
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    with pytest.warns(RuntimeWarning, match="no compiler"):
-        assert not train(small(corpus, compile=True, steps=2), tmp_path / "a.safetensors", progress=False).compiled
+    with pytest.raises(BlackholesError, match="no compiler"):
+        train(small(corpus, compile=True, steps=2), tmp_path / "a.safetensors", progress=False)
     assert loop._COMPILED == {}  # a failure is not remembered: the next run tries again
     monkeypatch.setattr(torch, "compile", real_compile)
     assert train(small(corpus, compile=True, steps=2), tmp_path / "b.safetensors", progress=False).compiled

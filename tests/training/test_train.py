@@ -352,7 +352,8 @@ def test_compiled_default_path_keeps_the_hole(corpus, tmp_path):
     from torch._dynamo.utils import counters
 
     result = train(small(corpus, compile=True, steps=6), tmp_path / "r.safetensors", progress=False)
-    assert result.compiled and read_recording_metadata(result.path)["compiled"] is True
+    meta = read_recording_metadata(result.path)
+    assert result.compiled and meta["compiled"] is True and meta["numerics"] == meta["config"]["numerics"] == "compiled"
     graphs = counters["stats"]["unique_graphs"]
     again = train(small(corpus, compile=True, steps=6), tmp_path / "again.safetensors", progress=False)
     assert counters["stats"]["unique_graphs"] == graphs  # a second run reuses the compiled graph
@@ -377,7 +378,9 @@ def test_compiled_run_compiles_once(corpus, tmp_path):
     assert counters["stats"]["unique_graphs"] == graphs + 1
 
 
-def test_without_a_working_compiler_training_falls_back_to_eager(corpus, tmp_path, monkeypatch):
+def test_without_a_working_compiler_compiled_numerics_are_refused_not_swapped_for_eager(corpus, tmp_path,
+                                                                                       monkeypatch):
+    """Compiled numerics round differently from eager ones: falling back would train another recipe."""
     def broken_compile(fn, **kw):
         def call(*a):
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
@@ -385,12 +388,11 @@ def test_without_a_working_compiler_training_falls_back_to_eager(corpus, tmp_pat
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     monkeypatch.setattr("blackholes.training.loop._COMPILED", {})  # no graph compiled by an earlier test
-    with pytest.warns(RuntimeWarning, match="torch.compile is not available here .*InvalidCxxCompiler"):
-        result = train(small(corpus, compile=True, steps=3), tmp_path / "r.safetensors", progress=False)
-    assert not result.compiled and result.compile_seconds < 5
-    assert read_recording_metadata(result.path)["compiled"] is False
-    eager = train(small(corpus, steps=3), tmp_path / "e.safetensors", progress=False)
-    assert result.path.read_bytes() == eager.path.read_bytes()  # exactly the eager run
+    with pytest.raises(BlackholesError, match="--numerics compiled needs torch.compile.*InvalidCxxCompiler"):
+        train(small(corpus, numerics="compiled", steps=3), tmp_path / "r.safetensors", progress=False)
+    assert not (tmp_path / "r.safetensors").exists()
+    eager = train(small(corpus, steps=3), tmp_path / "e.safetensors", progress=False)  # eager needs no compiler
+    assert not eager.compiled and read_recording_metadata(eager.path)["numerics"] == "eager"
 
 
 @pytest.mark.skipif(not GATSBY.exists(), reason=f"shared corpus not found at {GATSBY}")

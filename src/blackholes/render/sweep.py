@@ -132,14 +132,50 @@ def read_coarsening(path: str | os.PathLike) -> dict:
 
 
 def series_label(run: dict, varying: list[str]) -> str:
-    """A run's curve: its precision, plus every other option that varies across the sweep.
+    """A run's curve: its precision and numerics, plus every other option that varies across the sweep.
 
-    >>> series_label({"options": {"precision": "bf16", "init": "unit", "sigma": 0}}, ["init"])
-    'bf16, init=unit'
+    >>> series_label({"options": {"precision": "bf16", "init": "unit", "sigma": 0, "numerics": "eager"}}, ["init"])
+    'bf16, eager numerics, init=unit'
     """
     o = run["options"]
-    parts = [str(o.get("precision", "?"))] + [f"{k}={o.get(k)}" for k in varying]
+    parts = [str(o.get("precision", "?")), f"{run_numerics(run)} numerics"] + [f"{k}={o.get(k)}" for k in varying]
     return ", ".join(parts)
+
+
+def run_numerics(run: dict) -> str:
+    """A row's numerics: its ``numerics`` option, else (a row written before numerics were part of the
+    recipe) what its ``compiled`` field says.
+
+    >>> run_numerics({"options": {"numerics": "compiled"}}), run_numerics({"options": {}, "compiled": False})
+    ('compiled', 'eager')
+    """
+    return run["options"].get("numerics") or ("compiled" if run.get("compiled") else "eager")
+
+
+def numerics_words(runs: list[dict]) -> str | None:
+    """Whether the rounding path moves the freeze step and the surviving holes: runs that differ only in
+    their numerics, compared pair by pair (None when the sweep has no such pair).
+
+    >>> a = {"options": {"sigma": 0, "numerics": "eager"}, "freeze_step": 5, "final": {"holes": 1}}
+    >>> numerics_words([a, {**a, "options": {"sigma": 0, "numerics": "compiled"}, "freeze_step": 7}])[:62]
+    '1 run(s) trained with both numerics: 0 freeze at the same step'
+    """
+    pairs: dict[str, dict[str, dict]] = {}
+    for r in runs:
+        if r.get("error"):
+            continue
+        recipe = {k: v for k, v in r["options"].items() if k not in ("numerics", "compile")}
+        pairs.setdefault(json.dumps(recipe, sort_keys=True), {})[run_numerics(r)] = r
+    both = [p for p in pairs.values() if {"eager", "compiled"} <= set(p)]
+    if not both:
+        return None
+    freeze = sum(p["eager"].get("freeze_step") == p["compiled"].get("freeze_step") for p in both)
+    holes = sum((p["eager"].get("final") or {}).get("holes") == (p["compiled"].get("final") or {}).get("holes")
+                for p in both)
+    verdict = ("the freeze and the holes are properties of the recipe here" if freeze == holes == len(both)
+               else "the rounding path moves them: they are not the recipe's alone")
+    return (f"{len(both):,} run(s) trained with both numerics: {freeze:,} freeze at the same step and {holes:,} end "
+            f"with the same number of holes under eager and compiled numerics — {verdict}.")
 
 
 def varying_options(runs: list[dict]) -> list[str]:
@@ -148,7 +184,7 @@ def varying_options(runs: list[dict]) -> list[str]:
     >>> varying_options([{"options": {"sigma": 0, "lr": 1}}, {"options": {"sigma": 1, "lr": 2}}])
     ['lr']
     """
-    keys = sorted({k for r in runs for k in r["options"]} - {"sigma", "seed", "precision"})
+    keys = sorted({k for r in runs for k in r["options"]} - {"sigma", "seed", "precision", "numerics", "compile"})
     return [k for k in keys if len({json.dumps(r["options"].get(k), sort_keys=True) for r in runs}) > 1]
 
 
@@ -168,7 +204,7 @@ def summarise(runs: list[dict]) -> dict[str, list[dict]]:
     """Per curve, per σ (ascending): the seeds' final counts, freeze steps and losses.
 
     >>> rows = summarise([{"options": {"sigma": 0, "precision": "bf16"}, "final": {"holes": 1}, "error": None}])
-    >>> rows["bf16"][0]["holes"]
+    >>> rows["bf16, eager numerics"][0]["holes"]
     {'mean': 1.0, 'min': 1, 'max': 1, 'n': 1}
     """
     good = [r for r in runs if not r.get("error")]
@@ -210,6 +246,9 @@ def sweep_document(out_dir: Path, runs: list[dict], steps: dict | None, plots: d
              f"(the initial spread of the embedding rows around one shared point), {len(seeds):,} seed(s), "
              f"{len(table):,} curve(s): {', '.join(f'`{k}`' for k in table) or 'none'}.")
     doc.bullets([_answer(label, rows) for label, rows in table.items()] or ["No run finished."])
+    rounding = numerics_words(runs)
+    if rounding:
+        doc.para("**Numerics.** " + rounding)
     for label, rows in table.items():
         doc.heading(f"{label}")
         doc.table(["σ", "seeds", "holes", "tokens in holes", "largest hole", "freezes from step", "final loss", "s"],

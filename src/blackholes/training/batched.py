@@ -6,8 +6,8 @@ run dimension (``wte`` is ``[K, vocab, width]``), one forward/backward pass serv
 runs, and each run keeps its own seed (so its own initialisation), σ, init, corpus and
 training windows, learning rate, Adam settings and clipping.
 
-A run trained here is the *same run* as ``blackholes train --no-compile`` with the same
-options: the same embeddings, bit for bit, at every step. That is by construction, each
+A run trained here is the *same run* as ``blackholes train`` with the same options and
+``--numerics eager`` (the default): the same embeddings, bit for bit, at every step. That is by construction, each
 part measured (and tested in ``tests/training/test_batched.py``):
 
 * matmuls — ``torch.baddbmm`` / ``torch.bmm`` over the stacked weights compute each run's
@@ -29,9 +29,11 @@ Where a kernel could still round differently (a shape or a machine where oneDNN 
 another algorithm for a batch of matrices), :func:`agrees_with_single` detects it by
 training the first steps both ways; the sweep then trains those runs one by one.
 
-torch.compile is not used here: compiling the stacked step made it ~10 % faster at K = 16
-on this CPU, cost 20–40 s, and did not reproduce the compiled single run in bf16 (inductor
-fuses LayerNorm's backward differently around the stacked weights). See the README.
+Only eager numerics are stacked: torch.compile is not used here. Compiled numerics round
+differently from eager ones (``benchmarks/numerics_bisect.py``), and compiling the stacked step
+did not reproduce the compiled single run in bf16 either (inductor fuses LayerNorm's backward
+differently around the stacked weights); a ``numerics="compiled"`` run is trained alone, by
+``loop``'s compiled forward, so it too is the run ``train`` makes. See the README.
 
 >>> from blackholes.training.config import TrainConfig
 >>> configs = [TrainConfig(steps=3, vocab=16, context=8, width=8, layers=1, heads=1, seed=s, compile=False)
@@ -266,9 +268,16 @@ def check_stackable(configs: list[TrainConfig]) -> None:
     Traceback (most recent call last):
     ...
     blackholes.errors.BlackholesError: runs of different width (64 and 32) cannot be trained as one stacked model
+    >>> check_stackable([TrainConfig(numerics="compiled")])
+    Traceback (most recent call last):
+    ...
+    blackholes.errors.BlackholesError: runs with --numerics compiled are trained alone, not as one stacked model
     """
     if not configs:
         raise BlackholesError("no runs to train")
+    compiled = [c for c in configs if c.compiled]
+    if compiled:  # their rounding is torch.compile's, which the stacked model does not reproduce
+        raise BlackholesError("runs with --numerics compiled are trained alone, not as one stacked model")
     first = configs[0]
     for c in configs[1:]:
         for name in SHAPE_FIELDS:

@@ -27,6 +27,11 @@ from blackholes.training.precision import PRECISIONS
 SHAPE_FIELDS = ("vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "precision", "steps", "threads")
 INITS = ("centre", "unit", "normal")  # see blackholes.training.model.INITS for what each one draws
 SCHEDULES = ("linear", "constant")
+# How a run's forward and backward pass round (benchmarks/numerics_bisect.py measures where they part):
+# eager runs PyTorch's kernels one op at a time, as the original experiment trained; compiled runs
+# torch.compile's fused kernels, whose bf16 gradients already differ at step 1. Neither is the other's
+# fast path, so the numerics belong to the recipe: two runs are the same run only with the same numerics.
+NUMERICS = ("eager", "compiled")
 _COUNTS = ("steps", "vocab", "context", "width", "layers", "heads", "mlp_ratio", "batch", "every")
 
 
@@ -90,15 +95,21 @@ class TrainConfig:
     every: int = _option(1, "recording", "record every K-th step (step 0 and the last always)", metavar="K")
     optimizer_state: bool = _option(True, "recording", "do not record Adam's momentum and variance",
                                     flags=("--no-optimizer-state",), shown="recorded")
+    # numerics: how the forward and backward pass round (part of the recipe: see NUMERICS)
+    numerics: str = _option(
+        "eager", "run", "eager: PyTorch's own kernels, one op at a time, rounding as the original experiment did "
+        "(the reference); compiled: torch.compile's fused kernels, which round differently from the first step "
+        "(a recipe of its own, faster; --no-compile is the older spelling of eager)",
+        flags=("--numerics",), metavar=_choices(NUMERICS), aliases={"--no-compile": "eager"})
+    compile: bool | None = None  # older spelling of numerics (True: compiled, False: eager); cleared by validate()
     # execution (recorded, but not part of the recipe)
-    compile: bool = _option(True, "execution", "run eagerly instead of torch.compile (slower; no compilation wait)",
-                            flags=("--no-compile",), shown="torch.compile")
     threads: int = _option(1, "execution", "torch intra-op threads (1 is fastest at this size and makes results "
                            "independent of the core count; 0: torch's own setting)", metavar="N")
 
     def validate(self) -> None:
-        """Raise :class:`BlackholesError` (one line) for any impossible setting; resolve ``dtype``."""
+        """Raise :class:`BlackholesError` (one line) for any impossible setting; resolve ``dtype`` and ``compile``."""
         self._resolve_precision()
+        self._resolve_numerics()
         self._check_choices()
         self._check_counts()
         self._check_numbers()
@@ -114,6 +125,21 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise BlackholesError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.dtype = self.precision
+
+    def _resolve_numerics(self) -> None:
+        # compile is the older spelling: given alone it sets the numerics; given against other
+        # explicit numerics it is a contradiction. Cleared once read, so replace() may change numerics.
+        if self.compile is not None:
+            implied = "compiled" if self.compile else "eager"
+            if implied != self.numerics and self.numerics != NUMERICS[0]:
+                raise BlackholesError(f"compile={self.compile} and --numerics {self.numerics} disagree; give one")
+            self.numerics, self.compile = implied, None
+        _need(self.numerics in NUMERICS, f"--numerics must be one of {', '.join(NUMERICS)}, got {self.numerics!r}")
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the run's steps are torch.compile'd (``numerics == "compiled"``)."""
+        return self.numerics == "compiled"
 
     def _check_choices(self) -> None:
         _need(self.schedule in SCHEDULES, f"--schedule must be linear or constant, got {self.schedule!r}")
@@ -153,7 +179,7 @@ class TrainConfig:
         self.threads = int(self.threads)
 
     def recipe(self) -> dict:
-        """The hyper-parameters as a JSON-ready dict (everything but the execution knobs)."""
+        """The hyper-parameters as a JSON-ready dict (everything but the execution knobs), numerics included."""
         d = dataclasses.asdict(self)
         for key in ("compile", "threads"):
             d.pop(key)
@@ -207,9 +233,11 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: dict | None = 
 
     >>> p = argparse.ArgumentParser()
     >>> _ = add_config_arguments(p)
-    >>> c = config_from_arguments(p.parse_args(["--steps", "5", "--dtype", "fp32", "--no-compile"]))
-    >>> c.steps, c.precision, c.compile, c.lr
-    (5, 'fp32', False, 0.001)
+    >>> c = config_from_arguments(p.parse_args(["--steps", "5", "--dtype", "fp32", "--numerics", "compiled"]))
+    >>> c.steps, c.precision, c.numerics, c.lr
+    (5, 'fp32', 'compiled', 0.001)
+    >>> config_from_arguments(p.parse_args(["--no-compile"])).numerics
+    'eager'
     """
     groups = dict(groups or {})
     for f in dataclasses.fields(TrainConfig):
@@ -226,6 +254,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, groups: dict | None = 
             kwargs["metavar"] = cli.get("metavar")
             kwargs["type"] = {int: int, float: float}.get(type(f.default), str)
         group.add_argument(*flags, **kwargs)
+        for flag, value in cli.get("aliases", {}).items():  # an older switch that sets one value
+            group.add_argument(flag, dest=f.name, default=f.default, action="store_const", const=value,
+                               help=f"the same as {flags[0]} {value}")
     return groups
 
 

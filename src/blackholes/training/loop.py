@@ -67,8 +67,9 @@ class TrainResult:
     interrupted: bool = False
     recorded_steps: list[int] = field(default_factory=list)
     compile_seconds: float = 0.0  # part of ``seconds`` spent compiling (0 when eager)
-    compiled: bool = False  # whether torch.compile ran the steps (False: eager, by choice or fallback)
+    compiled: bool = False  # whether torch.compile ran the steps (numerics == "compiled")
     precision: str = "bf16"
+    numerics: str = "eager"  # the recipe's numerics: eager or compiled (see training.config.NUMERICS)
     init: str = "centre"
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM" / "SIGHUP" when a signal stopped the run
 
@@ -83,6 +84,7 @@ class TrainResult:
             "recorded_steps": len(self.recorded_steps),
             "compile_seconds": self.compile_seconds,
             "compiled": self.compiled,
+            "numerics": self.numerics,
             "precision": self.precision,
             "init": self.init,
             "stopped_by": self.stopped_by,
@@ -286,6 +288,7 @@ def train(
         never_seen=corpora.never_seen(corpus.data, config.vocab), interrupted=run.interrupted,
         recorded_steps=run.recorded_steps, compile_seconds=compile_seconds,
         compiled=forward is not None, precision=config.precision, init=config.init, stopped_by=run.stopped_by,
+        numerics=config.numerics,
     )
 
 
@@ -334,25 +337,24 @@ _COMPILED: dict[tuple[str, int], Callable] = {}
 
 
 def select_forward(model, config: TrainConfig, threads: int, progress: bool) -> Callable | None:
-    """The compiled forward function for this run, or None to run eagerly (by choice, or with a warning
-    where torch.compile cannot run here).
+    """The compiled forward function of a ``numerics="compiled"`` run, or None for an eager one.
 
     The compiler is tried on a throw-away copy of the model first, so a machine
-    without a working C++ toolchain falls back to eager training before the
-    recording's header (which says ``compiled``) is written. The model is an
-    argument of the compiled function, not a constant in it, so every later run of
-    the same shape in this process reuses the one compiled graph.
+    without a working C++ toolchain is refused (one line) before anything is
+    written: compiled numerics round differently from eager ones, so falling back
+    would quietly train another recipe. The model is an argument of the compiled
+    function, not a constant in it, so every later run of the same shape in this
+    process reuses the one compiled graph.
     """
-    if not config.compile:
+    if not config.compiled:
         return None
     import copy
     import sys
-    import warnings
 
     import torch
 
     if progress:
-        print("compiling the model (torch.compile; --no-compile skips this) ...", file=sys.stderr, flush=True)
+        print("compiling the model (torch.compile, for --numerics compiled) ...", file=sys.stderr, flush=True)
     fn = eager_forward(config)
     key = (fn.__name__, threads)
     compiled = _COMPILED.get(key) or torch.compile(_own_code(fn, f"threads{threads}"), fullgraph=True,
@@ -364,11 +366,10 @@ def select_forward(model, config: TrainConfig, threads: int, progress: bool) -> 
     try:
         loss, _ = compiled(copy.deepcopy(model), windows[:, :-1], windows[:, 1:])
         loss.backward()
-    except Exception as e:  # no compiler, unsupported platform, ...: eager is slower but exact
+    except Exception as e:  # no compiler, unsupported platform, ...: this recipe cannot run here
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        warnings.warn(f"torch.compile is not available here ({reason}); training eagerly", RuntimeWarning,
-                      stacklevel=3)
-        return None
+        raise BlackholesError(f"--numerics compiled needs torch.compile, which is not available here ({reason}); "
+                              "--numerics eager is the reference recipe and needs no compiler") from None
     _COMPILED[key] = compiled
     return compiled
 
@@ -480,6 +481,7 @@ class RunMetadata:
             "corpus_bytes": corpus.size, "never_seen": corpora.never_seen(corpus.data, c.vocab),
             "input_counts": counts[0].tolist(), "target_counts": counts[1].tolist(), "centre": self.centre,
             "torch": self.extra["torch"], "threads": self.extra["threads"], "compiled": self.extra["compiled"],
+            "numerics": c.numerics,
         }
         if done is not None:
             meta["interrupted_at_step"] = done

@@ -101,6 +101,22 @@ def decode_metadata(metadata: dict[str, str]) -> dict:
     return out
 
 
+def recorded_numerics(metadata: dict) -> str | None:
+    """The numerics a recording was trained with: its ``numerics`` metadata, else (a recording made
+    before numerics were part of the recipe) what its ``compiled`` field says, else None.
+
+    >>> recorded_numerics({"compiled": True}), recorded_numerics({"numerics": "eager", "compiled": False})
+    ('compiled', 'eager')
+    >>> recorded_numerics({}) is None
+    True
+    """
+    value = metadata.get("numerics")
+    if isinstance(value, str):
+        return value
+    compiled = metadata.get("compiled")
+    return ("compiled" if compiled else "eager") if isinstance(compiled, bool) else None
+
+
 def read_recording_metadata(path: str | os.PathLike) -> dict:
     """The decoded ``__metadata__`` of a recording (``{}`` for the original notebooks' files).
 
@@ -239,6 +255,11 @@ class Recording:
         value = self.metadata.get("precision", self.metadata.get("dtype"))
         return value if isinstance(value, str) else None
 
+    @property
+    def numerics(self) -> str | None:
+        """The training numerics, ``eager`` or ``compiled`` (:func:`recorded_numerics`; None when unknown)."""
+        return recorded_numerics(self.metadata)
+
     def tensor(self, name: str) -> np.ndarray:
         """Tensor ``name`` memory-mapped read-only, in its storage dtype (bf16 as raw ``uint16``)."""
         return map_tensor(self.path, tensor_info(self.header, name))
@@ -246,7 +267,7 @@ class Recording:
     def to_json(self) -> dict:
         return {"path": str(self.path), "dtype": self.dtype, "shape": list(self.shape), "keys": self.keys,
                 "steps": [int(self.steps[0]), int(self.steps[-1])] if len(self) else [],
-                "complete": self.complete, "precision": self.precision}
+                "complete": self.complete, "precision": self.precision, "numerics": self.numerics}
 
 
 # ---------------------------------------------------------------------------- writing

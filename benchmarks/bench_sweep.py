@@ -60,7 +60,7 @@ def prepared(config):
 
 def timed_loop(unit, cs, steps: int, warmup: int) -> dict:
     """The sweep's per-step work for a unit: the step and the census of every run."""
-    from blackholes.pipelines.sweep import StepCensus
+    from blackholes.pipelines.sweep_batch import StepCensus
 
     census = StepCensus(unit.embeddings(), [prepared(c)[2] for c in cs], steps + warmup)
     for step in range(1, warmup + steps + 1):
@@ -73,24 +73,24 @@ def timed_loop(unit, cs, steps: int, warmup: int) -> dict:
 
 
 def bench_batched(k: int, corpus, steps: int, warmup: int) -> dict:
-    from blackholes.pipelines.sweep import _Stacked
+    from blackholes.pipelines.sweep_batch import Stacked
     from blackholes.training.loop import intra_op_threads
 
     cs = configs(k, corpus, steps + warmup, 1)
     with intra_op_threads(1):
         prep = [prepared(c) for c in cs]
-        unit = _Stacked(list(range(k)), cs, [p[0].tokens for p in prep], [p[1] for p in prep])
+        unit = Stacked(list(range(k)), cs, [p[0].tokens for p in prep], [p[1] for p in prep])
         r = timed_loop(unit, cs, steps, warmup)
     return {**r, "per_run_ms": r["ms"] / k}
 
 
 def bench_single(corpus, steps: int, warmup: int, threads: int, compile: bool) -> dict:
-    from blackholes.pipelines.sweep import _Single
+    from blackholes.pipelines.sweep_batch import Single
     from blackholes.training.loop import intra_op_threads
 
     cs = configs(1, corpus, steps + warmup, threads, compile)
     with intra_op_threads(threads):
-        unit = _Single(0, cs[0], prepared(cs[0]))  # compiles here, outside the timed loop
+        unit = Single(0, cs[0], prepared(cs[0]))  # compiles here, outside the timed loop
         r = timed_loop(unit, cs, steps, warmup)
     return {**r, "compiled": unit.compiled}
 

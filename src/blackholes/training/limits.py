@@ -118,22 +118,22 @@ def check_resources(config, out: str | Path, corpus_bytes: int = 0) -> RunSize:
     free = shutil.disk_usage(folder).free
     if size.file_bytes > free:
         raise BlackholesError(
-            f"the recording would take {_human(size.file_bytes)} ({size.records:,} records x "
-            f"{_human(size.record_bytes)}) but only {_human(free)} is free in {folder}; "
+            f"the recording would take {human_size(size.file_bytes)} ({size.records:,} records x "
+            f"{human_size(size.record_bytes)}) but only {human_size(free)} is free in {folder}; "
             "record fewer steps (--every K), drop Adam's state (--no-optimizer-state) or shrink the model"
         )
     available = available_memory()
     if available is not None and size.memory_bytes > available:
         raise BlackholesError(
-            f"this run needs about {_human(size.memory_bytes)} of memory (model and Adam state "
-            f"{_human(size.model_bytes)}, activations {_human(size.activation_bytes)}, window offsets and buffers "
-            f"{_human(size.data_bytes)}) but {_human(available)} is available; "
+            f"this run needs about {human_size(size.memory_bytes)} of memory (model and Adam state "
+            f"{human_size(size.model_bytes)}, activations {human_size(size.activation_bytes)}, window offsets and buffers "
+            f"{human_size(size.data_bytes)}) but {human_size(available)} is available; "
             "lower --steps, --batch, --context, --width or --layers"
         )
     if size.header_bytes > MAX_HEADER:
         raise BlackholesError(
             f"--steps {config.steps:,} with --every {config.every:,} makes {size.records:,} records: the header "
-            f"listing their steps (~{_human(size.header_bytes)}) exceeds safetensors' {_human(MAX_HEADER)} "
+            f"listing their steps (~{human_size(size.header_bytes)}) exceeds safetensors' {human_size(MAX_HEADER)} "
             "header limit; record fewer steps (a larger --every)"
         )
     return size
@@ -156,10 +156,10 @@ def available_memory() -> int | None:
         return None
 
 
-def _human(n: int) -> str:
+def human_size(n: int) -> str:
     """``1.5 GB``-style sizes (decimal units).
 
-    >>> _human(658_000_000), _human(4096), _human(3 * 10**15)
+    >>> human_size(658_000_000), human_size(4096), human_size(3 * 10**15)
     ('658 MB', '4.1 kB', '3,000 TB')
     """
     for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

@@ -21,20 +21,26 @@ In order, each step only when asked or possible:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from blackholes import defaults
+
+if TYPE_CHECKING:
+    from blackholes.analysis.indicators import Indicators
+    from blackholes.analysis.near import Anatomy, NearResult
+    from blackholes.analysis.vocabulary import Categories
 
 
 @dataclass
 class DeadVocabulary:
     """What :func:`dead_vocabulary` found (each part None when not computed)."""
 
-    clusters: object = None  # analysis.near.NearResult
-    anatomy: object = None  # analysis.near.Anatomy (two holes or more)
-    indicators: object = None  # analysis.indicators.Indicators
-    categories: object = None  # analysis.vocabulary.Categories
+    clusters: NearResult | None = None
+    anatomy: Anatomy | None = None  # two holes or more
+    indicators: Indicators | None = None
+    categories: Categories | None = None
     notes: list = field(default_factory=list)  # what was asked for but is not defined for this matrix
 
 

@@ -21,6 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,11 @@ from blackholes.sources.load import as_matrix
 from blackholes.analysis.anatomy import dead_vocabulary
 from blackholes.analysis.exact import find_groups
 from blackholes.sources.matrix import Matrix
+
+if TYPE_CHECKING:
+    from blackholes.analysis.indicators import Indicators
+    from blackholes.analysis.near import Anatomy, NearResult
+    from blackholes.analysis.vocabulary import Categories
 
 
 # ---------------------------------------------------------------------------- result
@@ -91,10 +97,10 @@ class ScanResult:
     revision: str | None = None  # resolved snapshot / blob digest
     bytes_read: int | None = None  # bytes fetched over the network (remote sources)
     matrix: str | None = None  # "input" / "output"
-    clusters: object = field(default=None, repr=False)  # analysis.near.NearResult (scan(near=K))
-    anatomy: object = field(default=None, repr=False)  # analysis.near.Anatomy: how the holes' vectors differ
-    indicators: object = field(default=None, repr=False)  # analysis.indicators.Indicators (scan(indicators=True))
-    categories: object = field(default=None, repr=False)  # analysis.vocabulary.Categories of the tokens shown
+    clusters: NearResult | None = field(default=None, repr=False)  # scan(near=K)
+    anatomy: Anatomy | None = field(default=None, repr=False)  # how the holes' vectors differ
+    indicators: Indicators | None = field(default=None, repr=False)  # scan(indicators=True)
+    categories: Categories | None = field(default=None, repr=False)  # of the tokens shown
     source_matrix: Matrix | None = field(default=None, repr=False, compare=False)  # what was scanned (not in JSON)
     notes: list = field(default_factory=list)  # options that do not apply to this matrix, and why
 

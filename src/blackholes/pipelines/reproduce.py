@@ -21,6 +21,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,14 @@ from blackholes.analysis.dynamics import finite_or_none, never_drawn_tokens
 from blackholes.analysis.ids import format_bytes
 from blackholes import defaults
 from blackholes.errors import BlackholesError
+
+if TYPE_CHECKING:
+    from blackholes.analysis.density import DensityMap
+    from blackholes.analysis.dynamics_result import DynamicsResult
+    from blackholes.analysis.groups import ScanResult
+    from blackholes.analysis.lifecycle import Census
+    from blackholes.training.config import TrainConfig
+    from blackholes.training.loop import TrainResult
 
 # Default length of a reproduce run. The original ran 10,000 steps; DEFAULT_STEPS keeps
 # the run (training + every analysis) under a minute on a 2-core machine while the
@@ -73,11 +82,11 @@ class ReproduceResult:
     files: dict[str, Path]
     config: dict
     command: str
-    train: object  # blackholes.train.TrainResult
-    initial_scan: object  # blackholes.scan.ScanResult
-    final_scan: object
-    dynamics: object | None  # blackholes.dynamics.DynamicsResult (None when there was nothing to follow)
-    density: object  # blackholes.density.DensityMap
+    train: TrainResult
+    initial_scan: ScanResult
+    final_scan: ScanResult
+    dynamics: DynamicsResult | None  # None when there was nothing to follow
+    density: DensityMap
     never_seen: list[int]
     never_drawn: list[int]
     hole_tokens: list[int]
@@ -86,7 +95,7 @@ class ReproduceResult:
     answer: list[str]
     versions: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
-    census: object = None  # blackholes.analysis.lifecycle.Census of every group at every step
+    census: Census | None = None  # every group at every step
 
     @property
     def report_html(self) -> Path:
@@ -200,7 +209,7 @@ class _Run:
 
     out: Path
     files: dict[str, Path]
-    config: object  # TrainConfig
+    config: TrainConfig
     corpus_path: Path
     command: str
     progress: bool

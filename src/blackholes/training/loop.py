@@ -37,7 +37,7 @@ import time
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -46,6 +46,9 @@ from blackholes.training import corpus as corpora
 from blackholes.training.config import TrainConfig
 from blackholes.training.corpus import Corpus, default_corpus_path
 from blackholes.training.precision import PRECISIONS, precision, torch_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["TrainConfig", "TrainResult", "train", "train_step", "build_model", "build_optimizer",
            "learning_rate", "forward_loss", "default_corpus_path", "load_corpus", "window_starts", "draw_counts"]
@@ -220,9 +223,9 @@ class Trainer:
 
 @dataclass
 class StepOutput:
-    loss: object  # 0-d tensor: the step's loss, before the update
-    last_logits: object  # [V]: last position's logits of the first sequence, before the update
-    grad_norm: object  # 0-d tensor: global gradient norm before clipping (None when clip is off)
+    loss: torch.Tensor  # 0-d: the step's loss, before the update
+    last_logits: torch.Tensor  # [V]: last position's logits of the first sequence, before the update
+    grad_norm: torch.Tensor | None  # 0-d: global gradient norm before clipping (None when clip is off)
 
 
 def train_step(trainer: Trainer, inputs, targets, lr: float, observe: Callable | None = None) -> StepOutput:

@@ -13,6 +13,7 @@ stays cheap (no torch, no matplotlib):
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -24,10 +25,10 @@ _LAZY = {
     "load_matrix": "sources",
     "Matrix": "sources",
     "analyze": "analysis.dynamics",
-    "DynamicsResult": "analysis.dynamics",
+    "DynamicsResult": "analysis.dynamics_result",
     "density_map": "analysis.density",
     "DensityMap": "analysis.density",
-    "pca": "analysis.density",
+    "pca": "analysis.pca",
     "reproduce": "pipelines.reproduce",
     "ReproduceResult": "pipelines.reproduce",
     "train": "training.loop",
@@ -49,6 +50,24 @@ _LAZY = {
     "RepairResult": "pipelines.repair",
     "Verification": "verify",  # the function is blackholes.verify.verify: the subpackage has its name
 }
+
+if TYPE_CHECKING:  # what an editor and a type checker see: every name of _LAZY, from its module
+    from blackholes.analysis.density import density_map, DensityMap
+    from blackholes.analysis.dynamics import analyze
+    from blackholes.analysis.dynamics_result import DynamicsResult
+    from blackholes.analysis.groups import ModelScan, scan, scan_both, ScanResult
+    from blackholes.analysis.pca import pca
+    from blackholes.errors import BlackholesError
+    from blackholes.pipelines.census import census, CensusResult
+    from blackholes.pipelines.export import export, ExportResult
+    from blackholes.pipelines.history import history, HistoryResult
+    from blackholes.pipelines.repair import repair, RepairResult
+    from blackholes.pipelines.reproduce import reproduce, ReproduceResult
+    from blackholes.pipelines.sweep import sweep, SweepResult
+    from blackholes.sources import load_matrix, Matrix
+    from blackholes.training.loop import train, TrainConfig, TrainResult
+    from blackholes.training.recording import Recording
+    from blackholes.verify import Verification
 
 __all__ = sorted(_LAZY) + ["__version__"]
 

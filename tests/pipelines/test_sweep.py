@@ -283,18 +283,20 @@ def test_ctrl_c_keeps_finished_batches_and_a_rerun_resumes(corpus, tmp_path):
 
 
 def test_a_batch_that_fails_is_error_rows_and_is_retried(corpus, tmp_path, monkeypatch):
-    real = S._train
+    from blackholes.pipelines import sweep_batch
+
+    real = sweep_batch.train_runs
 
     def broken(task, progress):
         if 0 in task.runs:
             raise RuntimeError("boom\nsecond line")
         return real(task, progress)
 
-    monkeypatch.setattr(S, "_train", broken)
+    monkeypatch.setattr(sweep_batch, "train_runs", broken)
     r = S.sweep(tmp_path / "s", **here(corpus))
     assert r.failed == 2 and [row["error"] for row in r.runs[:2]] == ["RuntimeError: boom second line"] * 2
     assert r.run_ids == [2, 3, 4, 5]  # the failed batch (runs 0, 1) has no per-step rows
-    monkeypatch.setattr(S, "_train", real)
+    monkeypatch.setattr(sweep_batch, "train_runs", real)
     again = S.sweep(tmp_path / "s", **here(corpus))
     assert again.trained == 2 and again.failed == 0 and again.run_ids == list(range(6))
 

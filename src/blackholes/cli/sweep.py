@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import signal
 import sys
 
 from blackholes.errors import BlackholesError
@@ -39,20 +40,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", required=True, help="the sweep folder (created if missing)")
     _add_train_grid(p)
     g = p.add_argument_group("sweep")
-    g.add_argument("--record", default="none", metavar="none|all|IDS",
-                   help="write full recordings (as `train`) of these runs to DIR/recordings/, e.g. 0,3,8-11 "
-                        "(default: none)")
-    g.add_argument("--runs-per-batch", type=int, default=None, metavar="K",
-                   help="runs stacked in one model at most (default: 16)")
-    g.add_argument("--workers", type=int, metavar="N",
-                   help="local processes (default: the cores, at most one per batch; 1: this process)")
-    g.add_argument("--scheduler", metavar="ADDRESS",
-                   help="run the batches on a Dask cluster, e.g. tcp://HOST:8786 (default: $DASK_SCHEDULER_ADDRESS, "
-                        "else local)")
+    add_option_arguments(g)
     g.add_argument("--no-compile", action="store_true",
                    help="the older spelling of --numerics eager (a run compiles only when its --numerics is compiled: "
                         "compiling changes the rounding, so the sweep never chooses it for speed)")
-    g.add_argument("--yes", action="store_true", help="train a grid of more than 10,000 runs without asking")
     g.add_argument("--quiet", action="store_true", help="print only the report's location (and errors)")
     try:  # the coarsening sweep's own options (--no-train, --centre, ...), after ours
         from blackholes.pipelines.coarsening import add_coarsening_arguments
@@ -94,31 +85,49 @@ def run(args) -> int:
         from blackholes.pipelines.coarsening import run_coarsening
 
         return run_coarsening(args)
-    from blackholes.pipelines.sweep import FIXED_ONLY, RUNS_PER_BATCH, SWEEPABLE, sweep
+    from blackholes.pipelines.sweep import FIXED_ONLY, SWEEPABLE, SweepOptions, sweep
 
     options = {name: getattr(args, name) for name in (*SWEEPABLE, *FIXED_ONLY) if getattr(args, name, None) is not None}
     if args.dtype is not None:
         if "precision" in options and options["precision"] != args.dtype:
             raise BlackholesError(f"--dtype {args.dtype} and --precision {options['precision']} disagree; give one")
         options["precision"] = args.dtype
-    if args.workers is not None and args.workers < 1:
-        raise BlackholesError(f"--workers must be at least 1, got {args.workers}")
-    scheduler = args.scheduler or (os.environ.get("DASK_SCHEDULER_ADDRESS") if args.workers is None else None)
+    own = {f.name: getattr(args, f.name) for f in dataclasses.fields(SweepOptions) if "cli" in f.metadata}
+    if own["scheduler"] is None:  # else $DASK_SCHEDULER_ADDRESS, unless --workers asks for the local pool
+        own["scheduler"] = (os.environ.get("DASK_SCHEDULER_ADDRESS") if args.workers is None else None) or "local"
     result = sweep(
-        args.out, record=args.record, workers=args.workers, scheduler=scheduler,
-        runs_per_batch=args.runs_per_batch or RUNS_PER_BATCH, compile="never" if args.no_compile else "auto",
-        yes=args.yes, confirm=_ask if sys.stdin.isatty() and not args.quiet else None,
-        progress=not args.quiet, log=None if args.quiet else _stderr, **options,
+        args.out, compile="never" if args.no_compile else "auto",
+        confirm=_ask if sys.stdin.isatty() and not args.quiet else None,
+        progress=not args.quiet, log=None if args.quiet else _stderr, **own, **options,
     )
     if result.interrupted:
-        print(f"blackholes: interrupted: {len(result.runs):,} finished runs kept in {result.out}/runs.jsonl; run the "
-              "same command again to go on", file=sys.stderr)
-        return 130
+        from blackholes.cli.census import stopped_words
+
+        print(f"blackholes: {stopped_words(result.stopped_by)}: {len(result.runs):,} finished runs kept in "
+              f"{result.out}/runs.jsonl; run the same command again to go on", file=sys.stderr)
+        return 128 + int(getattr(signal, result.stopped_by or "SIGINT"))
     if not args.quiet:
         print(result.summary())
         print(f"Sweep: {len(result.runs):,} runs ({result.trained:,} trained, {result.skipped:,} already done, "
               f"{result.failed:,} failed) in {result.seconds:.1f} s")
     return _report(result)
+
+
+def add_option_arguments(g) -> None:
+    """One option per ``SweepOptions`` field that has a ``cli`` entry, its default and help from there."""
+    from blackholes.pipelines.sweep import SweepOptions
+
+    for f in dataclasses.fields(SweepOptions):
+        cli = f.metadata.get("cli")
+        if cli is None:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            g.add_argument(flag, action="store_true", help=cli["help"])
+            continue
+        extra = {k: cli[k] for k in ("metavar", "type") if k in cli}
+        shown = "" if f.default is None else f" (default: {f.default})"
+        g.add_argument(flag, default=f.default, help=cli["help"] + shown, **extra)
 
 
 def _report(result) -> int:

@@ -194,7 +194,7 @@ def density_map(
 ) -> DensityMap:
     """Project a matrix onto its two leading principal directions, without and with a mask.
 
-    ``source``: anything :func:`blackholes.tensors.load_matrix` accepts, a loaded
+    ``source``: anything :func:`blackholes.sources.load_matrix` accepts, a loaded
     ``Matrix``, or a 2-D numpy array (``dtype`` its safetensors dtype). ``mask``: a
     boolean array [V] or the path of a ``blackholes scan --mask`` file;
     ``auto_mask=True`` scans the same loaded matrix for black holes instead.

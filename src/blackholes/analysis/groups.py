@@ -235,8 +235,8 @@ def scan(
 ) -> ScanResult:
     """Find every group of bit-identical rows in an embedding matrix.
 
-    ``source``: anything :func:`~blackholes.tensors.load_matrix` takes (a ``.safetensors``
-    file, a model folder, a cached model id), a :class:`~blackholes.tensors.Matrix`, or a
+    ``source``: anything :func:`~blackholes.sources.load_matrix` takes (a ``.safetensors``
+    file, a model folder, a cached model id), a :class:`~blackholes.sources.matrix.Matrix`, or a
     2-D numpy array (``dtype`` names its safetensors dtype, e.g. ``"BF16"`` for uint16
     bits; default from the numpy dtype). ``tokenizer``: a ``tokenizer.json`` (or a folder
     holding one) for token strings; default: the one beside the model (or the GGUF

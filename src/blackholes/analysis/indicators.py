@@ -135,7 +135,7 @@ def _list(a: np.ndarray) -> list:
 
 
 class _TappedRows:
-    """A Matrix's rows as float32 for :func:`pca_sets`, read through ``Matrix.float_rows``
+    """A Matrix's rows as float32 for :func:`~blackholes.analysis.pca.pca_sets`, read through ``Matrix.float_rows``
     (so bf16 is widened and GGUF blocks dequantised one chunk at a time). The first time
     each row is read it is also multiplied by ``taps`` [D, m], which gathers ``x . r``
     for every row during the PCA's first pass instead of in a pass of its own."""

@@ -306,7 +306,7 @@ def near_clusters(array, dtype: str, k: int, *, groups=None, grid: str | None = 
 def anatomy(array, dtype: str, groups, *, grid: str | None = None) -> Anatomy:
     """How the exact holes' vectors differ: where, by how many ULPs, and which are 1 ULP apart.
 
-    ``groups``: the exact groups (largest first, as :func:`find_groups` gives them).
+    ``groups``: the exact groups (largest first, as :func:`~blackholes.analysis.exact.find_groups` gives them).
 
     >>> x = np.float32([[1, 2, 3], [1, 2, 3], [1, 2.0000002, 3], [1, 2.0000002, 3]])
     >>> a = anatomy(x, "F32", [[0, 1], [2, 3]])

@@ -80,7 +80,7 @@ def dtype_name(array: np.ndarray) -> str:
 
 
 def to_float32(array: np.ndarray, dtype: str) -> np.ndarray:
-    """Widen a tensor (as returned by :func:`open_tensor`) to float32 for arithmetic.
+    """Widen a tensor (as returned by :func:`~blackholes.io.safetensors.open_tensor`) to float32 for arithmetic.
 
     bf16 widening is exact (bf16 is the top half of a float32). Never use the
     result to decide identity: compare raw bits instead.

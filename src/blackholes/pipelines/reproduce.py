@@ -1,9 +1,9 @@
 """``reproduce``: the whole black-hole experiment in one call, written up as one page.
 
 Train a tiny byte-level model from one shared point and record every step
-(:mod:`blackholes.train`), scan the first and last embedding matrices for
-black holes (:mod:`blackholes.scan`), check that the hole moves as one rigid
-body (:mod:`blackholes.dynamics`), draw the plots, and write ``report.html`` (one
+(:mod:`blackholes.training.loop`), scan the first and last embedding matrices for
+black holes (:mod:`blackholes.analysis.groups`), check that the hole moves as one rigid
+body (:mod:`blackholes.analysis.dynamics`), draw the plots, and write ``report.html`` (one
 self-contained page: the PNGs are embedded) and ``report.md`` beside them.
 
 >>> r = reproduce("demo", steps=2000)   # doctest: +SKIP

@@ -102,7 +102,7 @@ def _norms_panel(ax, dmap, has_mask: bool) -> None:
 
 
 def plot_density_map(dmap, path, *, title: str | None = None, top_groups: int = 5) -> Path:
-    """Draw a :class:`~blackholes.density.DensityMap`: density without and with the mask, and the norms.
+    """Draw a :class:`~blackholes.analysis.density.DensityMap`: density without and with the mask, and the norms.
 
     Panels: (1) every token projected on the two leading principal directions,
     with the largest black-hole groups circled; (2) the same after masking the
@@ -218,7 +218,7 @@ _HOLE, _TRAINED, _NEVER = "#1f3b73", "#d08c2b", "#2a9d5c"
 
 
 def plot_dynamics(result, out_dir: str | os.PathLike) -> list[Path]:
-    """Draw the dynamics figures of a :class:`~blackholes.dynamics.DynamicsResult` as PNGs.
+    """Draw the dynamics figures of a :class:`~blackholes.analysis.dynamics_result.DynamicsResult` as PNGs.
 
     Writes ``dynamics_spread.png`` (positions, gradients, logits spread against step),
     ``dynamics_speed.png`` (the hole's speed and shared gradient norm) and

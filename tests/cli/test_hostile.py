@@ -1120,6 +1120,8 @@ INPUTS.update({
         data=b"\0" * 16),
     "deep_config": lambda p: model_folder(p, "[" * 20000 + "]" * 20000, **untied()),
     "long_int_config": lambda p: model_folder(p, '{"tie_word_embeddings": 1' + "0" * 5000 + "}", **untied()),
+    "rec_deep_steps.safetensors": lambda p: recording(p, {"steps": "[" * 5000 + "]" * 5000}),
+    "rec_deep_never_seen.safetensors": lambda p: recording(p, {"never_seen": "[" * 5000 + "]" * 5000}),
     "nan_rows.safetensors": lambda p: tensors(p, w=np.where(np.arange(300)[:, None] % 97 == 0, np.nan,
                                                             spread_matrix()).astype(np.float32)),
     "inf_rows.safetensors": lambda p: tensors(p, w=np.where(np.arange(300)[:, None] % 89 == 0, np.inf,
@@ -1208,6 +1210,9 @@ HOSTILE_18 = [
     case("Ollama manifest nested 20,000 deep", "scan", "ollama:tiny", words="nested deeper", needs=("deep_store",),
          env=DEEP_OLLAMA, process=False),
     case("GGUF arrays of arrays 40 deep", "scan", "deep_array.gguf", words="nests arrays"),
+    case("recording: steps nested 5,000 deep", "scan", "rec_deep_steps.safetensors", words="steps"),
+    case("recording: never_seen nested 5,000 deep", "dynamics", "rec_deep_never_seen.safetensors", "--quiet",
+         words="never_seen"),
     # 2. an output onto a file the source reads, though not typed on the command line
     case("--json onto another part of a split GGUF", "scan", "sp-00001-of-00003.gguf", "--json",
          "sp-00002-of-00003.gguf", words="is an input"),

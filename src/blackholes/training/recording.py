@@ -91,12 +91,15 @@ def encode_metadata(values: dict) -> dict[str, str]:
 
 
 def decode_metadata(metadata: dict[str, str]) -> dict:
-    """The inverse of :func:`encode_metadata`; a value that is not JSON stays a string."""
+    """The inverse of :func:`encode_metadata`; a value that is not JSON (or not within
+    :func:`~blackholes.io.untrusted.parse_json`'s limits: a recording is a file from outside) stays a string."""
+    from blackholes.io.untrusted import parse_json
+
     out = {}
     for k, v in metadata.items():
         try:
-            out[k] = json.loads(v)
-        except (TypeError, ValueError):
+            out[k] = parse_json(v, what=k) if isinstance(v, str) else v
+        except BlackholesError:
             out[k] = v
     return out
 

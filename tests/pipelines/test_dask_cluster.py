@@ -1,0 +1,190 @@
+"""census and sweep on a Dask cluster started as users start one: `dask scheduler` and `dask worker`
+as separate processes on 127.0.0.1, the commands run through the real CLI in their own process.
+
+Nothing here opens a client that the command could pick up as a default: the command must find
+the cluster by its address alone (the bug these tests were written for: "No clients found").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+distributed = pytest.importorskip("distributed", reason="the real-cluster tests need dask[distributed]")
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMING = ("seconds", "started", "worker")  # what two runs of one census may differ in
+SWEEP_VARIES = ("seconds", "batch", "part", "recording")
+TINY = ["--vocab", "32", "--context", "16", "--width", "16", "--layers", "1", "--heads", "2"]
+
+
+def environment() -> dict:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return env
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """End a process and every child it started (a worker's nannies and their workers)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """``dask scheduler`` on a free port and ``dask worker ADDRESS --nworkers 2 --nthreads 1``;
+    yields (address, a client for looking only). Always torn down."""
+    folder = tmp_path_factory.mktemp("cluster")
+    file = folder / "scheduler.json"
+    procs = []
+    probe = None
+    try:
+        procs.append(subprocess.Popen(
+            ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
+            cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "wb"),
+            start_new_session=True))
+        deadline = time.time() + 30
+        while time.time() < deadline and not (file.is_file() and file.read_text().strip().endswith("}")):
+            time.sleep(0.05)
+        address = json.loads(file.read_text())["address"]
+        procs.append(subprocess.Popen(
+            ["dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+            cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=open(folder / "worker.log", "wb"),
+            start_new_session=True))
+        probe = distributed.Client(address, timeout=30, set_as_default=False)
+        probe.wait_for_workers(2, timeout=60)
+        yield address, probe
+    finally:
+        if probe is not None:
+            probe.close()
+        for proc in reversed(procs):
+            stop(proc)
+
+
+def blackholes(*argv, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "blackholes", *map(str, argv)], cwd=ROOT, env=environment(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_model(path: Path, seed: int, rows: int = 500) -> str:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((rows, 16)).astype(np.float32)
+    x[10:40] = x[5]  # one hole of 31 rows
+    x[100:103] = x[7]
+    save_file({"model.embed_tokens.weight": x}, str(path))
+    return str(path)
+
+
+def slow_model(path: Path, seed: int) -> str:
+    """A model slow enough to be killed mid-scan (~0.3 s): 1.2M short rows, thousands of small holes."""
+    x = np.random.default_rng(seed).integers(0, 20_000, size=(1_200_000, 2)).astype(np.float32)
+    save_file({"embeddings": x}, str(path))
+    return str(path)
+
+
+def rows_of(path: Path, varies=TIMING) -> list[dict]:
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in varies} for r in rows]
+
+
+def by_source(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["source"], r["request"]))
+
+
+def test_census_on_the_cluster_gives_the_local_pool_rows(cluster, tmp_path):
+    address, probe = cluster
+    sources = [write_model(tmp_path / f"m{i}.safetensors", seed=i) for i in range(3)] + [str(tmp_path / "absent")]
+    local = blackholes("census", *sources, "--out", tmp_path / "local", "--workers", "2", "--quiet")
+    dask = blackholes("census", *sources, "--out", tmp_path / "dask", "--scheduler", address, "--quiet")
+    assert local.returncode == 0 and dask.returncode == 0, dask.stderr
+    assert "Traceback" not in dask.stderr
+    assert by_source(rows_of(tmp_path / "dask" / "census.jsonl")) == by_source(rows_of(tmp_path / "local" / "census.jsonl"))
+    workers = {f"{host}:{pid}" for host, pid in
+               ((socket.gethostname(), pid) for pid in probe.run(os.getpid).values())}
+    dask_rows = [json.loads(line) for line in (tmp_path / "dask" / "census.jsonl").read_text().splitlines()]
+    assert {r["worker"] for r in dask_rows} <= workers  # the rows were scanned on the cluster's workers
+    assert sorted(os.listdir(tmp_path / "dask" / "models")) == sorted(os.listdir(tmp_path / "local" / "models"))
+
+
+def test_sweep_on_the_cluster_gives_the_local_runs(cluster, tmp_path):
+    address, _ = cluster
+    from train_helpers import write_corpus
+
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    # one batch of four runs: one worker imports torch, the other stays idle
+    grid = ["--corpus", corpus, "--sigma", "0,1e-2", "--seeds", "0-1", "--steps", "4", *TINY, "--quiet"]
+    local = blackholes("sweep", "--out", tmp_path / "local", "--workers", "1", *grid)
+    dask = blackholes("sweep", "--out", tmp_path / "dask", "--scheduler", address, *grid)
+    assert local.returncode == 0 and dask.returncode == 0, dask.stderr
+    key = lambda r: r["run"]  # noqa: E731
+    assert sorted(rows_of(tmp_path / "dask" / "runs.jsonl", SWEEP_VARIES), key=key) == \
+        sorted(rows_of(tmp_path / "local" / "runs.jsonl", SWEEP_VARIES), key=key)
+
+
+@pytest.mark.parametrize("command", ["census", "sweep"])
+def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, command):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free, and nothing listens once the socket is closed
+    model = write_model(tmp_path / "m.safetensors", seed=0)
+    argv = [model] if command == "census" else ["--steps", "2"]
+    t0 = time.perf_counter()
+    r = blackholes(command, *argv, "--out", tmp_path / "out", "--scheduler", f"tcp://127.0.0.1:{port}", timeout=60)
+    seconds = time.perf_counter() - t0
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.count("\n") == 1 and f"cannot reach the Dask scheduler at tcp://127.0.0.1:{port}" in r.stderr
+    assert seconds < 10  # no connection timeout to sit out, no hang at exit
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_killed_mid_model_costs_one_retry(cluster, tmp_path):
+    address, probe = cluster
+    # two models on two one-thread workers: each worker holds one model, nothing waits behind it
+    sources = [slow_model(tmp_path / f"slow{i}.safetensors", seed=i) for i in range(2)]
+    pids = probe.run(os.getpid)
+    killed = []
+
+    def killer():
+        deadline = time.time() + 60
+        while time.time() < deadline and not killed:
+            busy = [w for w, keys in probe.processing().items() if any("census-" in str(k) for k in keys)]
+            if busy and busy[0] in pids:
+                time.sleep(0.15)  # well inside the model's scan
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    try:
+        r = blackholes("census", *sources, "--out", tmp_path / "out", "--scheduler", address)
+    finally:
+        thread.join()
+    assert killed and r.returncode == 0, r.stderr
+    assert r.stderr.count("the scheduler ran it again") == 1  # one death, one retry
+    rows = [json.loads(line) for line in (tmp_path / "out" / "census.jsonl").read_text().splitlines()]
+    assert sorted(row["source"] for row in rows) == sorted(sources) and all(row["error"] is None for row in rows)
+    for row in rows:  # every row still right
+        words = np.frombuffer(Path(row["path"]).read_bytes()[-1_200_000 * 8:], np.uint64)
+        assert row["unique_vectors"] == len(np.unique(words))
+    probe.wait_for_workers(2, timeout=60)  # the nanny restarted the killed one

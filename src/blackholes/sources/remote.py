@@ -451,8 +451,8 @@ def _hub_worded(source: str, endpoint: str, call):
 
 
 def _unexpected(source: str, endpoint: str, e: BaseException) -> BlackholesError:
-    return BlackholesError(f"the Hub at {endpoint} answered something that is not what the Hub answers "
-                           f"({type(e).__name__}: {why(e)[:120]}); is HF_ENDPOINT a Hub?: {source}")
+    return BlackholesError(f"the Hub at {endpoint} gave an answer of the wrong shape ({type(e).__name__}: "
+                           f"{why(e)[:120]}); is HF_ENDPOINT a Hub?: {source}")
 
 
 hub_call = _hub_call  # public name: sources.series lists a model's refs through it, worded the same

@@ -90,6 +90,22 @@ class DynamicsResult:
         """The printed report: the original's three sections, then every step."""
         return render_report(self)
 
+    def _repr_markdown_(self) -> str:
+        """What Jupyter shows: the verdict, then per quantity whether the untrained tokens stayed identical."""
+        steps, vocab, dim = self.shape
+        lines = [f"**Dynamics of `{self.recording}`**: {steps:,} recorded steps, {vocab:,} × {dim:,} {self.dtype}",
+                 "", f"**{self.verdict}**" if self.verdict else "", "",
+                 f"- untrained tokens ({self.untrained_source}): {len(self.untrained_tokens):,} "
+                 f"({format_ids(self.untrained_tokens)[:120]})",
+                 f"- frozen at {self.freeze.get('frozen_count', 0):,} of {steps:,} recorded steps",
+                 "", "| quantity | identical at every step | first divergence |", "|---|---|---:|"]
+        for q in QUANTITIES:
+            same = self.identical_all_steps.get(q)
+            first = self.first_divergence.get(q)
+            lines.append(f"| {q} | {'yes' if same else 'no'} | {'–' if first is None else f'{first:,}'} |")
+        lines += [f"\n*note:* {n}" for n in self.notes]
+        return "\n".join(lines)
+
 
 def finite_or_none(x) -> float | None:
     """``x`` as a float when it is a finite number, else None (for JSON and reports).

@@ -215,6 +215,12 @@ class ScanResult:
 
         return scan_summary(self, top=top)
 
+    def _repr_markdown_(self) -> str:
+        """What Jupyter shows for a result left at the end of a cell: the counts and the largest holes."""
+        from blackholes.analysis.summary import scan_markdown
+
+        return scan_markdown(self)
+
 
 # ---------------------------------------------------------------------------- API
 
@@ -389,6 +395,13 @@ class ModelScan:
         if self.tied:
             parts.append("The model ties its output matrix to the input embedding: one matrix scanned.")
         return "\n\n".join(parts)
+
+    def _repr_markdown_(self) -> str:
+        """Each scanned matrix as :meth:`ScanResult._repr_markdown_` shows it."""
+        parts = [r._repr_markdown_() for r in self.results]
+        if self.tied:
+            parts.append("*The model ties its output matrix to the input embedding: one matrix scanned.*")
+        return "\n\n---\n\n".join(parts)
 
 
 def scan_both(source, *, tokenizer: str | os.PathLike | None = None, cache=None, progress: bool = False,

@@ -78,3 +78,37 @@ def _examples(g, show: int = 4) -> str:
     shown = [repr(s) if s is not None else "<pad>" for s in g.tokens[:show]]
     more = f" (+{len(ids) - show} more)" if len(ids) > show else ""
     return f"   e.g. {', '.join(shown)}{more}"
+
+
+def scan_markdown(r, top: int = 10) -> str:
+    """A :class:`~blackholes.analysis.groups.ScanResult` as Markdown, for a notebook cell: the matrix, the
+    counts, the largest holes as a table, and what the halo and the indicators found when computed."""
+    n, d = r.shape
+    where = f"`{r.key}` in `{r.path}`" if r.path else f"`{r.key or r.source}`"
+    lines = [f"**Scan of {where}**: {n:,} × {d:,} {r.dtype}" + (f" ({r.note})" if r.note else ""), "",
+             f"- unique vectors: {r.unique_vectors:,}",
+             f"- black holes: {len(r.groups):,}, holding {r.black_hole_tokens:,} tokens "
+             f"({r.black_hole_tokens / n * 100 if n else 0:.2f}% of the rows)"]
+    if r.clusters is not None:
+        halo = sum(len(x.singletons) for x in r.clusters.clusters if x.holes)
+        lines.append(f"- halo (within {r.clusters.k} ULPs of a hole): {halo:,} further rows")
+    if r.indicators is not None:
+        lines.append(f"- under-trained candidates (lowest {r.indicators.percentile:g}%): "
+                     f"{len(r.indicators.candidates):,}")
+    if r.groups and top > 0:
+        lines += ["", "| hole | tokens | ids | e.g. |", "|---:|---:|---|---|"]
+        for g in r.groups[:top]:
+            ids = g.token_ids
+            span = f"{ids[0]}–{ids[-1]}" if ids[-1] - ids[0] + 1 == len(ids) else ", ".join(map(str, ids[:4])) + (
+                ", …" if len(ids) > 4 else "")
+            shown = ", ".join("pad" if t is None else _cell(repr(t)) for t in (g.tokens or [])[:3])
+            lines.append(f"| {g.id} | {g.size:,} | {span} | {shown} |")
+        if len(r.groups) > top:
+            lines.append(f"\n… and {len(r.groups) - top:,} more holes (`to_json()` has them all)")
+    lines += [f"\n*note:* {x}" for x in getattr(r, "notes", [])]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell: no pipes, backticks or emphasis marks take effect."""
+    return "`" + text.replace("`", "\\x60").replace("|", "\\x7c") + "`"

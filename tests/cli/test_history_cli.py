@@ -82,3 +82,12 @@ def test_every_checkpoint_unreadable(tmp_path, cli_error, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 3 and "Traceback" not in err
     assert err.splitlines()[-1].startswith("blackholes: error: a history needs at least 2 readable checkpoints")
+
+
+def test_no_output_replaces_an_input(tmp_path, cli_error):
+    run = series(tmp_path / "run")
+    model = run / "checkpoint-0" / "model.safetensors"
+    before = model.read_bytes()
+    cli_error(["history", run, "--out", tmp_path / "h", "--json", model], "model.safetensors")
+    cli_error(["history", run, "--out", tmp_path / "h", "--json", run / "checkpoint-50" / "config.json"], "config.json")
+    assert model.read_bytes() == before

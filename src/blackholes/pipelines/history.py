@@ -71,6 +71,7 @@ def read_checkpoint(source: str, record_step: int | None = None, matrix: str | N
             "remote": m.bytes_read is not None,
             "bytes_read": int(m.bytes_read if m.bytes_read is not None else m.array.nbytes),
             "holes": [h.tolist() for h in holes], "halo": halo, "note": note, "digests": digests,
+            "files": [str(p) for p in m.read_files()],
             "seconds": round(time.perf_counter() - t0, 4)}
 
 
@@ -463,7 +464,7 @@ def history(sources, *, out: str | os.PathLike | None = None, revisions: str | N
     store = HistoryStore(out) if out is not None else None
     if store is not None:
         store.open()
-        _check_outputs(out, json_path, checkpoints)
+    _check_outputs(out, json_path, _local_inputs(checkpoints))
     known = {} if store is None or redo else store.rows()
     rows: dict[str, dict] = {}
     digests: dict[str, np.ndarray] = {}
@@ -492,17 +493,29 @@ def history(sources, *, out: str | os.PathLike | None = None, revisions: str | N
         read=len(todo), out=Path(out) if out is not None else None, censuses=censuses,
     )
     result.seconds = time.perf_counter() - t0
+    _check_outputs(out, json_path, [f for r in ordered for f in r.get("files") or []])
     _write(result, out, json_path)
     return result
 
 
-def _check_outputs(out, json_path, checkpoints: list[Checkpoint]) -> None:
+def _local_inputs(checkpoints: list[Checkpoint]) -> list[Path]:
+    """The local files the checkpoints name (a folder: the files in it), before anything is read."""
+    found: list[Path] = []
+    for c in checkpoints:
+        p = Path(c.source).expanduser()
+        if "://" in c.source or not p.exists():
+            continue
+        found += [q for q in p.iterdir() if q.is_file()] if p.is_dir() else [p]
+    return found
+
+
+def _check_outputs(out, json_path, inputs) -> None:
+    """No output names an input, or another output (checked before reading, and again before writing
+    against every file the checkpoints were read from)."""
     from blackholes.io.paths import check_outputs
 
-    base = Path(out)
-    names = ["history.json", "history.md", "history.html", "history.jsonl"]
-    local = [c.source for c in checkpoints if "://" not in c.source and os.path.exists(c.source)]
-    check_outputs([*(base / n for n in names), json_path], inputs=local)
+    names = ["history.json", "history.md", "history.html", "history.jsonl"] if out is not None else []
+    check_outputs([*(Path(out) / n for n in names), json_path], inputs=inputs)
 
 
 def _write(result: HistoryResult, out, json_path) -> None:

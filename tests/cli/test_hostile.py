@@ -1411,3 +1411,71 @@ def test_hostile_18_a_file_url_declares_its_files(tmp_path, capsys, monkeypatch)
     make(tmp_path, M)
     c = Case(("scan", (tmp_path / M).as_uri(), "--json", M), words="is an input")
     remote_case(c, tmp_path, capsys, monkeypatch)
+
+
+# -- issue 17 / issue 18 item 8 (helper "engine"): census and sweep execution, the sweep's grid ---------------------
+
+NOTHING_LISTENS = "tcp://127.0.0.1:1"  # port 1 on the loopback: refused at once
+
+ENGINE = [
+    case("sweep: a million-value lin: grid asks for --yes before expanding it", "sweep", "--out", "s", "--sigma",
+         "lin:0:1:1000000", "--steps", "3", words="pass --yes", process=True, timeout=HANG * 3),
+    case("sweep: a million-value grid times seeds, sized from its ranges", "sweep", "--out", "s", "--sigma",
+         "lin:0:1:1000000,log:1e-9:1:1000000", "--seeds", "0-999", words="2,000,000,000 runs", process=True,
+         timeout=HANG * 3),
+    case("sweep --sigma 1e308 refused before training", "sweep", "--out", "s", "--sigma", "1e308", "--steps", "3",
+         words="beyond float32's range"),
+    case("sweep --sigma lin: reaching 1e308 refused before training", "sweep", "--out", "s", "--sigma",
+         "lin:0:1e308:3", "--steps", "3", words="beyond float32's range"),
+    case("sweep --runs-per-batch 0", "sweep", "--out", "s", "--steps", "3", "--runs-per-batch", "0",
+         words="--runs-per-batch must be at least 1"),
+    case("sweep --workers 0", "sweep", "--out", "s", "--steps", "3", "--workers", "0",
+         words="--workers must be at least 1"),
+    case("sweep --scheduler where nothing listens", "sweep", "--out", "s", "--steps", "3", "--scheduler",
+         NOTHING_LISTENS, words="cannot reach the Dask scheduler", process=True, timeout=HANG * 3),
+    case("census --scheduler where nothing listens", "census", M, "--out", "c", "--scheduler", NOTHING_LISTENS,
+         words="cannot reach the Dask scheduler", process=True, timeout=HANG * 3),
+    case("census --workers 0", "census", M, "--out", "c", "--workers", "0", words="--workers must be at least 1"),
+    case("census --from-file a FIFO", "census", "--from-file", "fifo", "--out", "c", words="is a FIFO",
+         process=True, timeout=HANG),
+    case("census --from-file /dev/zero", "census", "--from-file", "/dev/zero", "--out", "c", words="is a device",
+         process=True, timeout=HANG),
+]
+
+
+@pytest.mark.parametrize("c", ENGINE)
+def test_engine_census_and_sweep(c, tmp_path, capsys, monkeypatch):
+    check_case(c, tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("command, sig", [("census", signal.SIGTERM), ("census", signal.SIGHUP),
+                                          ("sweep", signal.SIGTERM)])
+def test_engine_a_signal_keeps_finished_work_and_exits_128_plus_n(command, sig, tmp_path):
+    """SIGTERM and SIGHUP stop census and sweep as they stop train and reproduce: 128 + N, one line."""
+    if command == "census":
+        models = []
+        for i in range(6):
+            x = np.random.default_rng(i).integers(0, 20_000, size=(1_200_000, 2)).astype(np.float32)
+            save_file({"embeddings": x}, str(tmp_path / f"slow{i}.safetensors"))
+            models.append(str(tmp_path / f"slow{i}.safetensors"))
+        argv, rows = [*models, "--out", "out", "--workers", "1"], tmp_path / "out" / "census.jsonl"
+    else:
+        argv, rows = ["--out", "out", "--seeds", "0-5", "--runs-per-batch", "1", "--steps", "300", "--workers", "1",
+                      "--vocab", "256", "--width", "16", "--layers", "1", "--heads", "2", "--context", "16"], \
+            tmp_path / "out" / "runs.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "blackholes", command, *argv], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (rows.is_file() and rows.read_text()):
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    words = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}[sig]
+    assert proc.returncode == 128 + sig and "Traceback" not in err, err
+    assert shown_lines(err)[-1].startswith(f"blackholes: {words}: ") and "run the same command again" in err
+    kept = [json.loads(line) for line in rows.read_text().splitlines()]
+    assert 1 <= len(kept) < 6

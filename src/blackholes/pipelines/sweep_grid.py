@@ -25,6 +25,7 @@ from blackholes.training.precision import PRECISIONS
 
 CONFIRM_RUNS = 10_000  # a larger grid needs --yes (or a yes on the terminal)
 MAX_VALUES = 10_000_000  # values one option may take at most
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 FIXED_ONLY = ("every", "optimizer_state", "compile", "threads")
 SWEEPABLE = tuple(n for n, f in FIELDS.items() if "cli" in f.metadata and n not in FIXED_ONLY)
@@ -179,6 +180,8 @@ def _number(kind: str, flag: str, value):
     value = float(value)
     if not math.isfinite(value):
         raise BlackholesError(f"{flag}: {value!r} is not a finite number")
+    if abs(value) > FLOAT32_MAX:  # runs train in float32 at most: such a value is infinite there
+        raise BlackholesError(f"{flag}: {value:g} is beyond float32's range (±{FLOAT32_MAX:.4g}), in which runs train")
     return value
 
 

@@ -100,6 +100,16 @@ class JsonlStore:
             out.append((number, row))
         return out
 
+    def torn(self) -> bool:
+        """Whether the file ends in a torn line (text after its last newline)."""
+        try:
+            with open(self.path, "rb") as f:
+                end = f.seek(0, os.SEEK_END)
+                f.seek(max(0, end - 1))
+                return end > 0 and f.read(1) != b"\n"
+        except FileNotFoundError:
+            return False
+
     def repair(self) -> None:
         """Cut off a torn last line (a crash mid-append), so the next append starts a line."""
         try:

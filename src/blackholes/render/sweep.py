@@ -79,15 +79,11 @@ def read_runs(path: str | os.PathLike) -> tuple[list[dict], int]:
     >>> [r["run"] for r in read_runs("runs.jsonl")[0]], read_runs("runs.jsonl")[1]
     ([0], 1)
     """
-    runs, skipped = [], 0
-    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            skipped += 1
-            continue
+    from blackholes.io.jsonl import JsonlStore
+
+    store = JsonlStore(path)  # the one reader of result rows: one rule for a torn last line
+    runs, skipped = [], int(store.torn())
+    for _, row in store.numbered():
         if isinstance(row, dict) and isinstance(row.get("options"), dict):
             runs.append(row)
         else:

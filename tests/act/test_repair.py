@@ -279,3 +279,41 @@ def test_the_readme_path_with_verify(tmp_path):
     assert report["token_ids"] == sorted(set(hole) | set(verified)) and report["check"]["ok"]
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.generation_config.suppress_tokens == sorted(set(hole) | set(verified) - {0})  # eos 0 kept
+
+
+def test_the_proof_sees_a_byte_changed_outside_the_rows(tmp_path, monkeypatch):
+    """compare() counts only the differences outside the repaired rows, across block edges; a repair whose
+    copy differs anywhere else is refused and leaves nothing."""
+    import blackholes.pipelines.repair_check as check
+
+    monkeypatch.setattr(check, "BLOCK", 64)  # many blocks, spans across their edges
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, 1000, dtype=np.uint8)
+    b = a.copy()
+    spans = np.array([[60, 70], [130, 300], [900, 1000]], np.int64)
+    b[[60, 69, 130, 200, 299, 999]] ^= 1  # inside the spans
+    (tmp_path / "a").write_bytes(a.tobytes())
+    (tmp_path / "b").write_bytes(b.tobytes())
+    outside, digests = check.compare(tmp_path / "a", tmp_path / "b", {}, spans)
+    assert outside == 0 and digests[""][0] != digests[""][1]
+    b[[59, 70, 129, 300, 899]] ^= 1  # just outside each edge
+    (tmp_path / "b").write_bytes(b.tobytes())
+    assert check.compare(tmp_path / "a", tmp_path / "b", {"t": (0, 500)}, spans)[0] == 5
+
+    import blackholes.pipelines.repair as rp
+
+    src = sharded(tmp_path / "sharded")
+    write = rp.write_copy
+
+    def tamper(p, tmp, ids, rows):
+        write(p, tmp, ids, rows)
+        with open(tmp / "model-00001-of-00002.safetensors", "r+b") as f:
+            f.seek(-1, 2)  # the last byte of model.norm.weight: not a repaired row
+            last = f.read(1)
+            f.seek(-1, 2)
+            f.write(bytes([last[0] ^ 1]))
+
+    monkeypatch.setattr(rp, "write_copy", tamper)
+    with pytest.raises(Exception, match="differs from the source outside the repaired rows"):
+        repair(src, tmp_path / "fixed", tokens="5")
+    assert not (tmp_path / "fixed").exists()

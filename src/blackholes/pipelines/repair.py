@@ -270,6 +270,13 @@ def values64(m: Matrix, start: int, stop: int) -> np.ndarray:
     return np.asarray(to_float64(np.asarray(rows), m.dtype), dtype=np.float64)
 
 
+def _exact_rows(m: Matrix, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` as numbers float64 holds exactly: as stored for F16/F32/F64, else float32."""
+    if m.dtype in ("F16", "F32", "F64") and m.quantization is None:
+        return np.asarray(m.array[start:stop])
+    return m.float_rows(start, stop)  # BF16 widened, quantised rows dequantised: exact in float32
+
+
 def outside_stats(m: Matrix, ids: list[int], cov: bool = False) -> tuple[np.ndarray, np.ndarray | None, int]:
     """(mean, covariance or None, n) of the rows not in ``ids``, in float64, a chunk at a time.
 
@@ -280,8 +287,8 @@ def outside_stats(m: Matrix, ids: list[int], cov: bool = False) -> tuple[np.ndar
     n = int(keep.sum())
     chunks = list(row_chunks(n_rows, max(1, m.array.shape[1] * m.array.itemsize)))
     total = np.zeros(width, np.float64)
-    for lo, hi in chunks:
-        total += values64(m, lo, hi)[keep[lo:hi]].sum(axis=0, dtype=np.float64)
+    for lo, hi in chunks:  # summed in float64 where the rows are kept: no float64 copy of the chunk
+        total += np.add.reduce(_exact_rows(m, lo, hi), axis=0, dtype=np.float64, where=keep[lo:hi, None])
     mean = total / n
     if not np.isfinite(mean).all():
         raise BlackholesError(f"rows outside the set of {m.key!r} hold NaN or infinity: their mean is undefined")

@@ -21,21 +21,6 @@ from blackholes.errors import BlackholesError
 BLOCK = 8 << 20  # bytes compared at a time
 
 
-def sha256_range(path: Path, start: int, stop: int) -> str:
-    """sha256 of bytes ``start:stop`` of a file, read a block at a time."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        f.seek(start)
-        left = stop - start
-        while left > 0:
-            chunk = f.read(min(BLOCK, left))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    return h.hexdigest()
-
-
 def tensor_spans(path: Path) -> dict[str, tuple[int, int]]:
     """Every tensor of a safetensors or GGUF file: name -> (start, stop) byte offsets."""
     from blackholes.sources.load import is_gguf
@@ -49,28 +34,58 @@ def tensor_spans(path: Path) -> dict[str, tuple[int, int]]:
     return {t.name: (t.start, t.end) for t in read_header(path).tensors.values()}
 
 
-def changed_bytes(before: Path, after: Path, spans: np.ndarray) -> tuple[int, int]:
-    """(bytes that differ, of them outside ``spans``), comparing the two files a block at a time.
+def compare(before: Path, after: Path, tensors: dict[str, tuple[int, int]], spans: np.ndarray) -> tuple[int, dict]:
+    """One pass over both files, a block at a time: (bytes that differ outside ``spans``,
+    name -> (sha256 before, sha256 after) of each of ``tensors``; the whole file as "" when
+    ``tensors`` is empty). The two files are hashed in two threads (hashlib lets go of the GIL).
 
     ``spans``: sorted, disjoint [start, stop) rows of int64, the repaired rows' bytes."""
-    if before.stat().st_size != after.stat().st_size:
+    from concurrent.futures import ThreadPoolExecutor
+
+    size = before.stat().st_size
+    if after.stat().st_size != size:
         raise BlackholesError(f"internal: the copy {after} changed size")
-    starts, stops = spans[:, 0], spans[:, 1]
-    differ = outside = 0
-    with open(before, "rb") as a, open(after, "rb") as b:
+    ranges = sorted((a, b, n) for n, (a, b) in (tensors or {"": (0, size)}).items())
+    hashes = {n: (hashlib.sha256(), hashlib.sha256()) for _, _, n in ranges}
+    outside = 0
+    with open(before, "rb") as fa, open(after, "rb") as fb, ThreadPoolExecutor(1) as pool:
         pos = 0
-        while True:
-            x, y = a.read(BLOCK), b.read(BLOCK)
-            if not x:
-                break
-            where = np.flatnonzero(np.frombuffer(x, np.uint8) != np.frombuffer(y, np.uint8)) + pos
-            if len(where):
-                k = np.searchsorted(starts, where, side="right") - 1
-                inside = (k >= 0) & (where < stops[np.maximum(k, 0)])
-                differ += len(where)
-                outside += int((~inside).sum())
-            pos += len(x)
-    return differ, outside
+        while pos < size:
+            x, y = fa.read(BLOCK), fb.read(BLOCK)
+            if not x or len(x) != len(y):
+                raise BlackholesError(f"internal: {before} or {after} changed while it was compared")
+            end = pos + len(x)
+            parts = [(n, max(a, pos) - pos, min(b, end) - pos) for a, b, n in ranges if a < end and b > pos]
+            other = pool.submit(_update, [(hashes[n][1], y, lo, hi) for n, lo, hi in parts])
+            _update([(hashes[n][0], x, lo, hi) for n, lo, hi in parts])
+            if x != y:  # a block holding repaired rows: every difference must lie inside one
+                outside += _outside(x, y, pos, spans)
+            other.result()
+            pos = end
+    return outside, {n: (hb.hexdigest(), ha.hexdigest()) for n, (hb, ha) in hashes.items()}
+
+
+def _update(work) -> None:
+    for h, data, lo, hi in work:
+        h.update(memoryview(data)[lo:hi])
+
+
+def _outside(x: bytes, y: bytes, pos: int, spans: np.ndarray) -> int:
+    """Differing bytes of two blocks at ``pos`` that lie outside every span."""
+    end = pos + len(x)
+    first = max(0, int(np.searchsorted(spans[:, 1], pos, side="right")))
+    last = int(np.searchsorted(spans[:, 0], end, side="left"))
+    cut, n = pos, 0
+    for start, stop in spans[first:last].tolist():  # the gaps between the spans inside this block
+        n += _differ(x, y, cut - pos, max(cut, start) - pos)
+        cut = max(cut, stop)
+    return n + _differ(x, y, cut - pos, len(x)) if cut < end else n
+
+
+def _differ(x: bytes, y: bytes, lo: int, hi: int) -> int:
+    if hi <= lo or x[lo:hi] == y[lo:hi]:
+        return 0
+    return int((np.frombuffer(x, np.uint8, hi - lo, lo) != np.frombuffer(y, np.uint8, hi - lo, lo)).sum())
 
 
 def rows_changed(before: Path, after: Path, t, ids: list[int]) -> int:
@@ -92,24 +107,23 @@ def prove(p, tmp: Path, ids: list[int]) -> dict:
         by_file.setdefault(t.file, []).append(t)
     changed, tensors, files, outside = [], {}, {}, 0
     for src, rel in p.files.items():
-        dst = tmp / rel
-        if src not in by_file:
-            before, after = sha256_range(src, 0, src.stat().st_size), sha256_range(dst, 0, dst.stat().st_size)
-            files[rel] = {"sha256_before": before, "sha256_after": after, "identical": before == after}
-            continue
-        targets = by_file[src]
+        targets = by_file.get(src, [])
         spans = np.array(sorted((t.offset + i * t.row_bytes, t.offset + (i + 1) * t.row_bytes)
                                 for t in targets for i in ids), np.int64).reshape(-1, 2)
-        _, out_of_rows = changed_bytes(src, dst, spans)
+        out_of_rows, digests = compare(src, tmp / rel, tensor_spans(src) if targets else {}, spans)
         outside += out_of_rows
-        repaired = {t.key for t in targets}
-        for name, (start, stop) in tensor_spans(src).items():
-            before, after = sha256_range(src, start, stop), sha256_range(dst, start, stop)
+        if not targets:
+            before, after = digests[""]
+            files[rel] = {"sha256_before": before, "sha256_after": after, "identical": before == after}
+            continue
+        repaired = {t.key: t for t in targets}
+        for name, (before, after) in digests.items():
             if name in repaired:
-                t = next(t for t in targets if t.key == name)
+                t = repaired[name]
                 changed.append({"matrix": t.which, "key": name, "file": rel, "dtype": t.matrix.dtype,
                                 "shape": list(t.matrix.shape), "row_bytes": t.row_bytes, "rows": len(ids),
-                                "bytes_written": len(ids) * t.row_bytes, "bytes_changed": rows_changed(src, dst, t, ids),
+                                "bytes_written": len(ids) * t.row_bytes,
+                                "bytes_changed": rows_changed(src, tmp / rel, t, ids),
                                 "sha256_before": before, "sha256_after": after})
             else:
                 tensors.setdefault(rel, {})[name] = {"sha256_before": before, "sha256_after": after,

@@ -65,6 +65,8 @@ def gguf_model(path: Path, qtype: str = "F32", *, tied: bool = True, rows: int =
         w.add_tensor("token_embd.weight", data, raw_dtype=t)
     elif qtype == "F32":
         w.add_tensor("token_embd.weight", x)
+    elif qtype == "F16":
+        w.add_tensor("token_embd.weight", x.astype(np.float16))
     else:
         w.add_tensor("token_embd.weight", gguf.quants.quantize(x, t), raw_dtype=t)
     w.add_tensor("blk.0.attn_norm.weight", rng.standard_normal(width).astype(np.float32))

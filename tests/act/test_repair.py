@@ -112,7 +112,7 @@ def test_sharded_folder_and_bf16(tmp_path):
     assert np.array_equal(y[[1, 2]], bf16_from_float32(mean.astype(np.float32)))
 
 
-@pytest.mark.parametrize("qtype, tied", [("F32", False), ("Q8_0", True)])
+@pytest.mark.parametrize("qtype, tied", [("F32", False), ("Q8_0", True), ("F16", True), ("BF16", True)])
 def test_gguf_rows_rewritten_and_requantised(tmp_path, qtype, tied):
     src = gguf_model(tmp_path / "m.gguf", qtype, tied=tied)
     out = tmp_path / "fixed"
@@ -130,7 +130,13 @@ def test_gguf_rows_rewritten_and_requantised(tmp_path, qtype, tied):
         raw, new = raw.reshape(rows, row_bytes), new.reshape(rows, row_bytes)
         qt = gguf.GGMLQuantizationType[qtype]
         x64 = gguf.quants.dequantize(raw, qt).astype(np.float64).reshape(rows, width)
-        expected = gguf.quants.quantize(numpy_recipe(x64, [3, 9, 20], "mean").astype(np.float32), qt)
+        values = numpy_recipe(x64, [3, 9, 20], "mean")
+        if qtype == "F16":  # plain rows: float64 cast once to the stored type
+            expected = values.astype(np.float16)
+        elif qtype == "BF16":
+            expected = bf16_from_float32(values.astype(np.float32))
+        else:  # block-quantised: gguf's own quantiser
+            expected = gguf.quants.quantize(values.astype(np.float32), qt)
         assert np.array_equal(new[[3, 9, 20]], np.asarray(expected).view(np.uint8).reshape(3, row_bytes))
         spans += _rows_spans(tensor.offset, row_bytes, [3, 9, 20])
     assert_only_rows_changed(src, out / "m.gguf", spans)

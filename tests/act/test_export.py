@@ -136,3 +136,18 @@ def test_bad_input_one_line_and_nothing_written(llama, tmp_path):
     assert_one_line_error(p.returncode, p.stderr, "nested deeper")
     assert not out.exists()
     assert {k for k in tree_digest(tmp_path)} - set(before) == {"built-scan.json", "bad.json"}
+
+
+def test_gguf_chat_template_tokens_from_its_metadata(tmp_path):
+    from act_helpers import gguf_model
+
+    model = gguf_model(tmp_path / "m.gguf", "Q8_0")
+    scan = tmp_path / "scan.json"
+    assert run_blackholes("scan", model, "--json", scan, "--quiet").returncode == 0
+    doc = json.loads(scan.read_text())
+    doc["groups"][0]["token_ids"] = [2, 3, 9, 20]  # as if the end-of-text token were in the hole
+    write_json(scan, doc)
+    r = export(scan, to="llama.cpp", out=tmp_path / "dead.args")
+    assert r.tokens == [3, 9, 20] and r.kept == {2: "tokenizer.ggml.eos_token_id in m.gguf"}
+    assert (tmp_path / "dead.args").read_text().split() == ["--logit-bias", "3-inf", "--logit-bias", "9-inf",
+                                                            "--logit-bias", "20-inf"]

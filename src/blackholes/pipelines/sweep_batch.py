@@ -307,11 +307,11 @@ class Stacked:
     batched, compiled = True, False
 
     def __init__(self, indices, configs, tokens, starts):
-        from blackholes.training.batched import StackedBatches, _trainer, build_stacked
+        from blackholes.training.batched import StackedBatches, build_stacked, trainer_for
 
         model, self.centres = build_stacked(configs)
         self.indices, self.configs = indices, configs
-        self.trainer = _trainer(model, configs)
+        self.trainer = trainer_for(model, configs)
         self.batches = StackedBatches(tokens, starts, configs[0].context)
 
     def embeddings(self):

@@ -354,10 +354,10 @@ def build_stacked_trainer(configs: list[TrainConfig]) -> StackedTrainer:
     ``configs`` must be validated; they must agree on :data:`SHAPE_FIELDS`.
     """
     model, _ = build_stacked(configs)
-    return _trainer(model, configs)
+    return trainer_for(model, configs)
 
 
-def _trainer(model: StackedGPT, configs: list[TrainConfig]) -> StackedTrainer:
+def trainer_for(model: StackedGPT, configs: list[TrainConfig]) -> StackedTrainer:
     optimizer, views, group_of_run = build_stacked_optimizer(model, configs)
     autocast = precision(configs[0].precision).autocast
     forward = stacked_forward_loss_bf16_autocast if autocast else stacked_forward_loss

@@ -598,3 +598,17 @@ def test_dask_worker_killed_mid_model(tmp_path, cluster):
     for row in rows:
         words = load_file(row["path"])["embeddings"].view(np.uint64).ravel()  # one 8-byte word per row
         assert row["unique_vectors"] == len(np.unique(words))
+
+
+def test_the_parent_of_a_census_imports_no_torch_and_no_dask(tmp_path):
+    import subprocess
+    import sys
+
+    for i in range(2):
+        write_model(tmp_path / f"m{i}", tied=True, seed=i)
+    code = ("import sys; from blackholes.pipelines.census import census; "
+            f"r = census([{str(tmp_path / 'm0')!r}, {str(tmp_path / 'm1')!r}], out=None, workers=2); "
+            "print(len(r.rows), r.failed, 'torch' in sys.modules, 'distributed' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env).stdout.split()
+    assert out == ["2", "0", "False", "False"]

@@ -353,3 +353,15 @@ def test_the_command_trains_prints_and_resumes(corpus, tmp_path, capsys):
 def test_the_command_refuses_a_sweep_of_switches(corpus, tmp_path):
     with pytest.raises(BlackholesError, match="--every cannot be swept"):
         command(["--corpus", corpus, "--every", "1,2", "--out", tmp_path / "s"])
+
+
+def test_a_resume_row_without_its_fields_is_trained_again_never_a_crash(corpus, tmp_path):
+    first = S.sweep(tmp_path / "s", **here(corpus))
+    part = first.runs[0]["part"]
+    with open(tmp_path / "s" / "runs.jsonl", "a") as f:  # rows another version, or a hand, left behind
+        f.write(json.dumps({"run": 0, "part": part, "error": None}) + "\n")  # no options, no final counts
+        f.write(json.dumps({"run": 1, "options": None, "part": part, "error": None}) + "\n")
+        f.write("[1, 2]\n")  # not a row at all
+    again = S.sweep(tmp_path / "s", **here(corpus))
+    assert again.skipped == 4 and again.trained == 2 and not again.failed
+    same_rows(again.runs, first.runs)

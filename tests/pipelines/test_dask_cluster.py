@@ -141,6 +141,24 @@ def test_sweep_on_the_cluster_gives_the_local_runs(cluster, tmp_path):
         sorted(rows_of(tmp_path / "local" / "runs.jsonl", SWEEP_VARIES), key=key)
 
 
+def test_census_finds_the_cluster_by_environment_or_by_a_client_that_is_not_the_default(cluster, tmp_path):
+    address, probe = cluster
+    sources = [write_model(tmp_path / f"m{i}.safetensors", seed=i) for i in range(2)]
+    env = subprocess.run([sys.executable, "-m", "blackholes", "census", *sources, "--out", tmp_path / "env", "--quiet"],
+                         cwd=ROOT, env={**environment(), "DASK_SCHEDULER_ADDRESS": address}, capture_output=True,
+                         text=True, timeout=120)
+    assert env.returncode == 0, env.stderr
+    from blackholes.pipelines.census import census
+
+    with pytest.raises(ValueError):
+        distributed.default_client()  # the probe is no default client: census must use the one it is given
+    given = census(sources, out=tmp_path / "given", scheduler=probe, summary=False)
+    assert given.failed == 0 and probe.status == "running"  # a client passed in is left open
+    assert by_source(rows_of(tmp_path / "env" / "census.jsonl")) == by_source(rows_of(tmp_path / "given" / "census.jsonl"))
+    workers = {f"{socket.gethostname()}:{pid}" for pid in probe.run(os.getpid).values()}
+    assert {r["worker"] for r in given.rows} <= workers
+
+
 @pytest.mark.parametrize("command", ["census", "sweep"])
 def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, command):
     with socket.socket() as s:

@@ -82,6 +82,9 @@ class CensusOptions:
     indicators: bool = field(default=False, metadata=_cli(
         "analysis (as scan)", "under-trained token indicators and candidates"))
     masks: bool = field(default=False, metadata=_cli("analysis (as scan)", "also write each model's mask to DIR/models/"))
+    verify: bool = field(default=False, metadata=_cli(
+        "analysis (as scan)", "then verify each model's hole members and candidates with the model itself "
+        "(as `blackholes verify`; one more runner task per model)"))
     workers: int | None = field(default=None, metadata=_cli(
         "execution", "local processes (default: the cores; fewer when the models would not fit in memory)",
         metavar="N", type=int))
@@ -260,6 +263,7 @@ def _run(tasks: list[Task], store, client, opts: CensusOptions, log) -> CensusRe
 
     workers = None if client is not None else (opts.workers or os.cpu_count() or 1)
     book = _Book(store, opts.redo, CensusResult(rows=[], out=store.out if store is not None else None), workers)
+    book.verify = opts.matrix if opts.verify else None
     todo = book.still_to_do(tasks)
     book.progress = Progress(len(todo), log)
     if log is not None:
@@ -290,6 +294,7 @@ class _Book:
         self.previous = latest_rows(store.rows()) if store is not None else {}
         self.rows: dict[tuple, dict] = {}  # task key -> its row, for this census's result
         self.progress: Progress | None = None
+        self.verify = None  # census --verify: its --matrix; a verification task follows each model's first scan
 
     def still_to_do(self, candidates: list[Task]) -> list[Task]:
         """The tasks without a finished row; a finished row stands in for its task (resume),
@@ -298,7 +303,7 @@ class _Book:
         while pending:
             task = pending.popleft()
             old = None if self.redo else self.previous.get(task.key)
-            if _finished(old, task):
+            if _finished(old, task) and not (self.verify and _unverified(task, old, self.verify)):
                 self.rows[task.key] = old
                 self.result.skipped += 1
                 pending.extend(follow_ups(task, old))
@@ -321,6 +326,8 @@ class _Book:
 
     def handle(self, job, outcome) -> list:
         """A finished task: files and row written first, then counted; returns its follow-ups."""
+        if job.key.startswith("verify-"):
+            return self._verified(job, outcome)
         task = job.args[0]
         scanned = outcome.value if outcome.error is None else ScanOutcome(error_row(task, outcome.error))
         row = scanned.row
@@ -334,7 +341,30 @@ class _Book:
         self.result.retried += outcome.attempts - 1
         more = self.still_to_do(follow_ups(task, row))
         self.progress.finished(row, more=len(more))
-        return self.jobs(more)
+        return self.jobs(more) + self._verification(task, row, scanned.doc)
+
+    def _verification(self, task: Task, row: dict, doc) -> list:
+        if not (self.verify and _unverified(task, row, self.verify)):
+            return []
+        from blackholes.pipelines.census_verify import token_ids, verify_job
+
+        return [verify_job(task, token_ids(doc, row))]
+
+    def _verified(self, job, outcome) -> list:
+        """A model's verification: its counts join its scan row (appended again: the newest row wins)."""
+        from blackholes.pipelines.census_verify import merged_row
+
+        task = job.kwargs["task"]
+        row = merged_row(self.rows[task.key], outcome.value, outcome.error)
+        if self.store is not None:
+            if outcome.value is not None:
+                from blackholes.io.atomic import write_json
+
+                write_json(self.store.models / f"{task.name}.verification.json", {"verification": outcome.value})
+                row["verification_json"] = f"models/{task.name}.verification.json"
+            self.store.append(row)
+        self.rows[task.key] = row
+        return []
 
 
 # the fields a row needs to stand for its model in the result and the summary
@@ -349,6 +379,12 @@ def _finished(row: dict | None, task: Task) -> bool:
     if any(name not in row for name in _ROW_NEEDS):
         return False
     return _same_revision(task, row)
+
+
+def _unverified(task: Task, row: dict | None, matrix: str) -> bool:
+    from blackholes.pipelines.census_verify import needs_verification
+
+    return needs_verification(task, row, matrix)
 
 
 def _same_revision(task: Task, row: dict) -> bool:

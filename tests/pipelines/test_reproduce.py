@@ -11,7 +11,7 @@ import pytest
 
 from blackholes.cli import main
 from blackholes.errors import BlackholesError
-from blackholes.pipelines.reproduce import FILES, reproduce
+from blackholes.pipelines.reproduce import FILES, OTHER_RECORDING, reproduce
 
 STEPS = 40
 FAST = {"compile": False}  # torch.compile pays for itself only on long runs
@@ -296,3 +296,32 @@ def test_sigterm_mid_training_exits_143_and_keeps_the_recording(tmp_path):
     assert err.strip().endswith("blackholes: terminated (SIGTERM)") and "Traceback" not in err
     assert (out / "recording.safetensors").is_file() and not (out / "plots").exists()
     assert not (out / "report.html").exists()
+
+
+def test_numerics_in_the_json_the_command_and_the_page(run):
+    result, out, _ = run
+    doc = json.loads((out / "reproduce.json").read_text())
+    assert doc["numerics"] == doc["config"]["numerics"] == result.numerics == "eager"
+    assert doc["numerics_comparison"] is None and "--numerics eager" in result.command
+    assert "recording_other" not in doc["files"] and not (out / OTHER_RECORDING).exists()
+    assert "eager numerics" in (out / "report.md").read_text()
+
+
+def test_compare_numerics_says_whether_the_freeze_is_the_recipes_or_its_roundings(tmp_path):
+    from blackholes.training.recording import Recording
+
+    corpus = _corpus(tmp_path / "c.txt")
+    r = reproduce(tmp_path / "both", corpus=corpus, steps=STEPS, progress=False, log=None, compare_numerics=True)
+    c = r.numerics_comparison
+    assert r.numerics == "eager" and "--numerics eager --compare-numerics" in r.command
+    assert c["eager"]["holes"] == len(r.final_scan.groups) and c["eager"]["frozen_from"] == r.frozen_from
+    same = c["eager"]["frozen_from"] == c["compiled"]["frozen_from"] and c["eager"]["holes"] == c["compiled"]["holes"]
+    assert c["freeze"] == ("recipe" if same and c["eager"]["hole_tokens"] == c["compiled"]["hole_tokens"] else "rounding")
+    mine, other = Recording(r.recording), Recording(r.files["recording_other"])
+    assert (mine.numerics, other.numerics) == ("eager", "compiled")
+    a, b = mine.tensor("embeddings"), other.tensor("embeddings")
+    differ = [int(mine.steps[i]) for i in range(len(mine)) if not np.array_equal(a[i], b[i])]
+    assert c["first_difference_step"] == (differ[0] if differ else None)
+    assert json.loads((tmp_path / "both" / "reproduce.json").read_text())["numerics_comparison"] == c
+    page = (tmp_path / "both" / "report.md").read_text()
+    assert "compiled numerics" in page and ("property of the recipe" in page or "depends on the rounding" in page)

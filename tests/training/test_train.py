@@ -40,7 +40,7 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def small(corpus, **kw) -> TrainConfig:
-    base = dict(corpus=str(corpus), steps=12, vocab=32, context=16, width=16, layers=1, heads=2, compile=False)
+    base = dict(corpus=str(corpus), steps=12, vocab=32, context=16, width=16, layers=1, heads=2)  # eager: the default
     return TrainConfig(**{**base, **kw})
 
 

@@ -7,8 +7,8 @@ The training options' defaults are :class:`~blackholes.training.config.TrainConf
 >>> import argparse
 >>> sub = argparse.ArgumentParser(prog="blackholes").add_subparsers()
 >>> args = add_parser(sub).parse_args(["--out", "run"])
->>> args.out, args.steps, args.sigma, args.seed, args.precision, args.init, args.vocab
-('run', 2000, 0.0, 0, 'bf16', 'centre', 128)
+>>> args.out, args.steps, args.sigma, args.seed, args.precision, args.init, args.vocab, args.numerics
+('run', 2000, 0.0, 0, 'bf16', 'centre', 128, 'eager')
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from blackholes import defaults
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
-    from blackholes.training.config import INITS, PRECISIONS, TrainConfig  # no torch: names and defaults only
+    from blackholes.training.config import INITS, NUMERICS, PRECISIONS, TrainConfig  # no torch: names and defaults only
 
     d = {name: f.default for name, f in TrainConfig.__dataclass_fields__.items()}
     p = subparsers.add_parser(
@@ -44,6 +44,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="training precision, as `train --precision`: bf16 (weights and Adam state in bf16, the "
                    "original's), fp32, or bf16-mixed (fp32 master weights, bf16 autocast) "
                    f"(default {d['precision']}; --dtype is the older name)")
+    p.add_argument("--numerics", choices=NUMERICS, default=d["numerics"],
+                   help="how training rounds, as `train --numerics`: eager (PyTorch's kernels one op at a time, the "
+                   "original's, the reference) or compiled (torch.compile's fused kernels: a recipe of its own) "
+                   f"(default {d['numerics']})")
+    p.add_argument("--compare-numerics", action="store_true",
+                   help="also train the same run with the other numerics and say whether the freeze step and the "
+                   "holes belong to the recipe or to its rounding")
     p.add_argument("--init", choices=INITS, default=d["init"],
                    help=f"initialisation, as `train --init` (default {d['init']}; centre: one shared point plus "
                    "sigma noise)")
@@ -62,7 +69,7 @@ def run(args) -> int:
     default_vocab = TrainConfig.__dataclass_fields__["vocab"].default
     result = reproduce(
         args.out, corpus=args.corpus, steps=args.steps, sigma=args.sigma, seed=args.seed,
-        precision=args.precision, init=args.init,
+        precision=args.precision, init=args.init, numerics=args.numerics, compare_numerics=args.compare_numerics,
         force=args.force, progress=not args.quiet, log=None if args.quiet else print,
         recipe=None if args.vocab == default_vocab else {"vocab": args.vocab},
     )

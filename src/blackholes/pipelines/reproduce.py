@@ -56,6 +56,8 @@ FILES = {
     "report_md": "report.md",
     "report_html": "report.html",
 }
+# With --compare-numerics only: the same run trained with the other numerics.
+OTHER_RECORDING = "recording_other_numerics.safetensors"
 
 
 @dataclass
@@ -96,6 +98,8 @@ class ReproduceResult:
     versions: dict[str, str]
     seconds: dict[str, float] = field(default_factory=dict)
     census: Census | None = None  # every group at every step
+    numerics: str = "eager"  # the recipe's numerics (training.config.NUMERICS)
+    numerics_comparison: dict | None = None  # the same run with the other numerics (--compare-numerics)
 
     @property
     def report_html(self) -> Path:
@@ -113,6 +117,8 @@ class ReproduceResult:
         return {
             "answer": self.answer,
             "config": self.config,
+            "numerics": self.numerics,
+            "numerics_comparison": self.numerics_comparison,
             "command": self.command,
             "versions": self.versions,
             "files": {k: str(p.relative_to(self.out_dir)) for k, p in self.files.items()},
@@ -170,6 +176,8 @@ def reproduce(
     log=print,
     command: str | None = None,
     recipe: dict | None = None,
+    numerics: str | None = None,
+    compare_numerics: bool = False,
 ) -> ReproduceResult:
     """Train, record, scan, analyse and plot; write everything and ``report.html`` into ``out``.
 
@@ -179,13 +187,19 @@ def reproduce(
     ``log`` receives one line per stage (``None`` for silence); ``progress`` shows the
     training and PCA bars. ``recipe`` overrides further
     :class:`~blackholes.training.config.TrainConfig` fields (e.g. ``{"vocab": 256}``).
+    ``numerics`` is ``eager`` (the default, the reference) or ``compiled`` (torch.compile's
+    rounding, a recipe of its own); ``compare_numerics`` also trains the same run with the
+    other numerics and says whether the freeze and the holes are the recipe's or its rounding's.
 
     >>> r = reproduce("tiny-demo", steps=30, log=None, progress=False, recipe={"compile": False})
     >>> r.report_html, r.checks[0].passed
     (PosixPath('tiny-demo/report.html'), True)
     """
     made_out = not Path(out).exists()
-    run = _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progress, log, command, recipe)
+    if numerics is not None:
+        recipe = {**(recipe or {}), "numerics": numerics}
+    run = _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progress, log, command, recipe,
+                 compare_numerics)
     made_plots = not (run.out / "plots").exists()
     (run.out / "plots").mkdir(parents=True, exist_ok=True)  # only once every setting is valid
     try:
@@ -194,7 +208,8 @@ def reproduce(
         findings = _findings(run, trained, initial, final, meta)
         dyn, census, dyn_plots = _dynamics(run, trained, findings)
         dmap = _map(run, trained, final)
-        return _report(run, trained, initial, final, findings, dyn, census, dyn_plots, dmap)
+        comparison = _compare_numerics(run, trained, final, findings, dyn) if run.compare_numerics else None
+        return _report(run, trained, initial, final, findings, dyn, census, dyn_plots, dmap, comparison)
     except BaseException:
         for made, folder in ((made_plots, run.out / "plots"), (made_out, run.out)):
             if made:  # a failed run leaves no empty folder behind that would make the retry need --force
@@ -216,6 +231,7 @@ class _Run:
     say: object
     seconds: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    compare_numerics: bool = False
 
     def stage(self, name: str):
         """Time a stage into ``seconds[name]``."""
@@ -233,7 +249,8 @@ class _Timer:
         self.seconds[self.name] = time.perf_counter() - self.t
 
 
-def _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progress, log, command, recipe) -> _Run:
+def _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progress, log, command, recipe,
+           compare_numerics=False) -> _Run:
     """Every setting checked, every output checked against the inputs; nothing written yet."""
     from blackholes.training.config import TrainConfig
     from blackholes.training.corpus import default_corpus_path
@@ -257,8 +274,12 @@ def _setup(out, corpus, steps, sigma, seed, precision, init, dtype, force, progr
     config.validate()
     corpus_data = prepare_corpus(config)  # a missing corpus, or a byte outside the vocabulary: nothing written
     check_resources(config, files["recording"], len(corpus_data.data))  # sizes the disk or memory cannot hold
-    command = command or canonical_command(out, corpus, steps, sigma, seed, config.precision, recipe, config.init)
-    return _Run(out, files, config, corpus_path, command, progress, log or (lambda *_: None))
+    command = command or canonical_command(out, corpus, steps, sigma, seed, config.precision, recipe, config.init,
+                                           config.numerics, compare_numerics)
+    if compare_numerics:
+        files["recording_other"] = out / OTHER_RECORDING
+    return _Run(out, files, config, corpus_path, command, progress, log or (lambda *_: None),
+                compare_numerics=compare_numerics)
 
 
 def _train(run: _Run):
@@ -266,8 +287,9 @@ def _train(run: _Run):
     from blackholes.training.loop import train
 
     cfg = run.config
-    run.say(f"[1/5] training {cfg.steps:,} steps (sigma={cfg.sigma:g}, seed={cfg.seed}, {cfg.precision}"
-            f"{'' if cfg.init == 'centre' else ', init ' + cfg.init}) on {run.corpus_path.name} ...")
+    run.say(f"[1/5] training {cfg.steps:,} steps (sigma={cfg.sigma:g}, seed={cfg.seed}, {cfg.precision}, "
+            f"{cfg.numerics} numerics{'' if cfg.init == 'centre' else ', init ' + cfg.init}) on "
+            f"{run.corpus_path.name} ...")
     with run.stage("train"):
         _remove_previous(run.out)  # --force: no file of an earlier run may survive to be mistaken for this one's
         trained = train(cfg, run.files["recording"], progress=run.progress)
@@ -323,7 +345,6 @@ def _findings(run: _Run, trained, initial, final, meta) -> _Findings:
 
 def _dynamics(run: _Run, trained, f: _Findings):
     """3. Follow the never-seen bytes through every recorded step; count every group at every step."""
-    from blackholes.analysis.dynamics import DEFAULT_STEPS as SAMPLED
     from blackholes.analysis.dynamics import analyze
     from blackholes.analysis.lifecycle import census_of_recording
     from blackholes.render.lifecycle import plot_census, plot_last_motion
@@ -338,15 +359,20 @@ def _dynamics(run: _Run, trained, f: _Findings):
         run.say(f"      {len(followed)} untrained token(s): fewer than two, no hole to follow")
         return dyn, census, plots
     with run.stage("dynamics"):
-        last = int(trained.steps_done)
-        sample = sorted({s for s in SAMPLED if s <= last} | {last})
-        dyn = analyze(run.files["recording"], tokens=followed, steps=sample)
+        dyn = analyze(run.files["recording"], tokens=followed, steps=_sampled_steps(int(trained.steps_done)))
         census = census_of_recording(run.files["recording"], never_seen=f.never_seen or None)
         plots = [Path(p) for p in plot_dynamics(dyn, run.out / "plots")]
         plots += [plot_census(census, run.out / "plots" / "census.png"),
                   plot_last_motion(census, run.out / "plots" / "census_last_motion.png", f.hole)]
         _write_json(run.files["dynamics"], {**dyn.to_json(), "census": census.to_json()})
     return dyn, census, plots
+
+
+def _sampled_steps(last: int) -> list[int]:
+    """The steps the rigid-body analysis samples in a run of ``last`` steps."""
+    from blackholes.analysis.dynamics import DEFAULT_STEPS as SAMPLED
+
+    return sorted({s for s in SAMPLED if s <= last} | {last})
 
 
 def _map(run: _Run, trained, final):
@@ -367,7 +393,55 @@ def _map(run: _Run, trained, final):
     return dmap
 
 
-def _report(run: _Run, trained, initial, final, f: _Findings, dyn, census, dyn_plots, dmap) -> ReproduceResult:
+def _compare_numerics(run: _Run, trained_here, final, f: _Findings, dyn) -> dict:
+    """4b. The same run with the other numerics: do the freeze step and the holes stay?
+
+    The freeze is the recipe's when both rounding paths freeze the hole at the same step and
+    leave the same holes (same groups, same hole tokens); otherwise it is its rounding's.
+    """
+    import dataclasses
+
+    from blackholes.analysis.groups import scan
+    from blackholes.training.config import NUMERICS
+    from blackholes.training.loop import train
+    from blackholes.training.recording import Recording
+
+    cfg = run.config
+    other = dataclasses.replace(cfg, numerics=next(n for n in NUMERICS if n != cfg.numerics))
+    run.say(f"[4b] the same run with {other.numerics} numerics, to tell the recipe from its rounding ...")
+    with run.stage("compare_numerics"):
+        trained = train(other, run.files["recording_other"], progress=run.progress)
+        rec = Recording(run.files["recording_other"])
+        final_other = scan(np.asarray(rec.tensor("embeddings")[-1]), dtype=rec.dtype)
+        hole_other = _hole_tokens(final_other, f.never_seen + f.never_drawn)
+        dyn_other = None
+        if dyn is not None:
+            from blackholes.analysis.dynamics import analyze
+
+            dyn_other = analyze(run.files["recording_other"], tokens=list(dyn.untrained_tokens),
+                                steps=_sampled_steps(int(trained.steps_done)))
+        first = _first_difference(Recording(run.files["recording"]), rec)
+    mine = {"frozen_from": _frozen_from(dyn), "holes": len(final.groups), "hole_tokens": len(f.hole),
+            "final_loss": finite_or_none(trained_here.final_loss)}
+    theirs = {"frozen_from": _frozen_from(dyn_other), "holes": len(final_other.groups),
+              "hole_tokens": len(hole_other), "final_loss": finite_or_none(trained.final_loss)}
+    same = mine["frozen_from"] == theirs["frozen_from"] and mine["holes"] == theirs["holes"] and \
+        sorted(f.hole) == hole_other
+    return {cfg.numerics: mine, other.numerics: theirs, "first_difference_step": first,
+            "freeze": "recipe" if same else "rounding"}
+
+
+def _first_difference(a, b) -> int | None:
+    """The first recorded step at which the two recordings' embedding matrices differ (None: never)."""
+    ea, eb = a.tensor("embeddings"), b.tensor("embeddings")
+    for i in range(min(len(a), len(b))):
+        if not np.array_equal(ea[i], eb[i]):
+            return int(a.steps[i])
+    return None
+
+
+def _report(run: _Run, trained, initial, final, f: _Findings, dyn, census, dyn_plots, dmap,
+            comparison=None) -> ReproduceResult:
     """5. reproduce.json, report.md and report.html."""
     from blackholes import __version__
     from blackholes.io.atomic import write_text
@@ -380,6 +454,7 @@ def _report(run: _Run, trained, initial, final, f: _Findings, dyn, census, dyn_p
         train=trained, initial_scan=initial, final_scan=final, dynamics=dyn, density=dmap,
         never_seen=f.never_seen, never_drawn=f.never_drawn, hole_tokens=f.hole, frozen_from=_frozen_from(dyn),
         checks=f.checks, answer=[], versions=versions(__version__), seconds=run.seconds, census=census,
+        numerics=run.config.numerics, numerics_comparison=comparison,
     )
     result.answer = answer(result)
     plots = {"map": run.files["map"]}
@@ -398,7 +473,8 @@ def _previous_outputs(out: Path) -> list[Path]:
     from blackholes.render.plots import dynamics_plot_paths
 
     census_plots = [out / "plots" / name for name in ("census.png", "census_last_motion.png")]
-    return [out / name for name in FILES.values()] + dynamics_plot_paths(out / "plots") + census_plots
+    return ([out / name for name in FILES.values()] + [out / OTHER_RECORDING] + dynamics_plot_paths(out / "plots")
+            + census_plots)
 
 
 def _check_files(out: Path, files: dict, corpus_path: Path, force: bool) -> None:
@@ -417,7 +493,8 @@ def _remove_previous(out: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def canonical_command(out, corpus, steps, sigma, seed, precision, recipe=None, init="centre") -> str:
+def canonical_command(out, corpus, steps, sigma, seed, precision, recipe=None, init="centre",
+                      numerics="eager", compare_numerics=False) -> str:
     """The ``blackholes reproduce`` command line with every setting spelled out.
 
     Settings the command line cannot express (other ``recipe`` fields) follow as a comment.
@@ -428,7 +505,10 @@ def canonical_command(out, corpus, steps, sigma, seed, precision, recipe=None, i
     parts += ["--steps", str(steps), "--sigma", f"{sigma:g}", "--seed", str(seed), "--precision", precision]
     if init != "centre":
         parts += ["--init", init]
-    extra = {k: v for k, v in (recipe or {}).items() if k not in ("precision", "dtype", "init")}
+    parts += ["--numerics", numerics]  # always spelled out: the rounding path is part of the recipe
+    if compare_numerics:
+        parts += ["--compare-numerics"]
+    extra = {k: v for k, v in (recipe or {}).items() if k not in ("precision", "dtype", "init", "numerics", "compile")}
     if "vocab" in extra:
         parts += ["--vocab", str(extra.pop("vocab"))]
     parts += ["--out", str(out)]

@@ -58,32 +58,6 @@ def census_words(r) -> str:
             f"({int(c.tokens_in_holes[-1]):,} tokens) at step {int(c.steps[-1]):,}; {events}; {freeze}.{physics}")
 
 
-def numerics_words(r) -> str:
-    """Which numerics trained the run and, where the other numerics ran too (``--compare-numerics``),
-    whether the freeze step and the holes belong to the recipe or to its rounding."""
-    mine = getattr(r, "numerics", None) or r.config.get("numerics") or "eager"
-    how = {"eager": "PyTorch's kernels one op at a time, the original's rounding and the reference",
-           "compiled": "torch.compile's fused kernels, a rounding of their own"}.get(mine, mine)
-    text = f"trained with **{mine} numerics** ({how})."
-    c = getattr(r, "numerics_comparison", None)
-    if not c:
-        return text
-    other = next(k for k in c if k not in (mine, "first_difference_step", "freeze"))
-    a, b = c[mine], c[other]
-
-    def state(x):
-        frozen = "never freezes for good" if x["frozen_from"] is None else f"freezes from step {x['frozen_from']:,}"
-        return f"the hole {frozen}, {x['holes']:,} hole(s), {x['hole_tokens']:,} token(s) in the black hole"
-
-    first = c["first_difference_step"]
-    parted = (f"the two embedding matrices first differ at step {first:,}" if first is not None
-              else "the two runs are bit-identical at every recorded step")
-    verdict = ("so the freeze is a **property of the recipe**: both rounding paths give it" if c["freeze"] == "recipe"
-               else "so the freeze **depends on the rounding**, not on the recipe alone")
-    return (f"{text} The same run with {other} numerics: {parted}; {mine}: {state(a)}; {other}: {state(b)} — "
-            f"{verdict}.")
-
-
 def answer(r) -> list[str]:
     """The plain-language opening: how many dead tokens, one body or not, when it freezes."""
     V = int(r.final_scan.shape[0])
@@ -152,7 +126,6 @@ def answer(r) -> list[str]:
             lines.append("**The hole never freezes**: it moves at every recorded step.")
     if r.census is not None:
         lines.append("**Every group, every step**: " + census_words(r))
-    lines.append("**Numerics**: " + numerics_words(r))
     failed = [c for c in r.checks if not c.passed]
     if failed:
         lines.append("**Attention** — these expectations did not hold: " + "; ".join(c.name for c in failed) + ".")
@@ -179,8 +152,7 @@ def document(r, plots: dict[str, Path]) -> Document:
     doc.para(
         f"A {cfg['layers']}-layer byte-level GPT (width {cfg['width']}) trained for {int(r.train.steps_done):,} steps on "
         f"`{Path(cfg['corpus_path']).name}` with {start} "
-        f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}, {cfg.get('numerics', 'eager')} numerics). "
-        "Every step was recorded and analysed "
+        f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}). Every step was recorded and analysed "
         "exactly: identity means bit-for-bit identical rows."
     )
     doc.heading("Answer")
@@ -208,62 +180,84 @@ def document(r, plots: dict[str, Path]) -> Document:
         ],
     )
 
-    d = r.dynamics
-    if d is not None:
-        doc.heading("Does the hole move as one body? (dynamics, every recorded step)", 3)
-        rows = []
-        for q, label in (("logits", "logits"), ("grads", "gradients"), ("positions", "positions")):
-            t_ident = d.trained_identical_all_steps.get(q)
-            t_first = d.trained_first_divergence.get(q)
-            rows.append([
-                label,
-                "yes" if d.identical_all_steps[q] else "no",
-                "never" if d.first_divergence[q] is None else f"step {d.first_divergence[q]:,}",
-                "–" if t_ident is None else ("yes" if t_ident else "no"),
-                "–" if t_ident is None else ("never" if t_first is None else f"step {t_first:,}"),
-            ])
-        doc.table(["quantity", "untrained: identical at every step", "untrained: first differs",
-                   "trained (contrast): identical", "trained: first differs"], rows)
-        if d.never_drawn is not None:
-            nd = d.never_drawn
-            doc.table(
-                ["never-drawn bytes, same as the hole's first token", "at every step", "first differs"],
-                [[q, "yes" if nd["identical_all_steps"][q] else "no",
-                  "never" if nd["first_divergence"][q] is None else f"step {nd['first_divergence'][q]:,}"]
-                 for q in ("logits", "grads", "positions")],
-            )
-        doc.para(d.verdict)
-        if d.sampled:
-            srows = []
-            for e in d.sampled:
-                lg, gr, po = e.get("logits", {}), e.get("grads"), e.get("positions", {})
-                srows.append([
-                    f"{e['step']:,}",
-                    f"{lg.get('mean', float('nan')):+.6f}",
-                    lg.get("verdict", "–"),
-                    "–" if gr is None else f"{gr['norm_mean']:.4e}",
-                    "–" if gr is None else f"{gr['pairwise_max']:.1e} ({gr['verdict']})",
-                    f"{po.get('pairwise_max', 0):.1e} ({po.get('verdict', '–')})",
-                ])
-            doc.table(["step", "untrained logit", "logits", "shared gradient norm", "gradient distance max",
-                       "position distance max"], srows)
-        frz = d.freeze
-        doc.table(
-            ["freezing", "value"],
-            [
-                ["frozen from step (never moves again)", "–" if r.frozen_from is None else f"{r.frozen_from:,}"],
-                ["steps with exactly zero update", f"{frz.get('frozen_count', 0):,} of {len(d.recorded_steps) - 1:,}"],
-                ["of those, with a non-zero gradient (update below one ulp)",
-                 f"{frz.get('frozen_with_gradient_count', 0):,}"],
-                ["first frozen step", "–" if frz.get("first_frozen") is None else f"{frz['first_frozen']:,}"],
-            ],
-        )
-        if d.notes:
-            doc.bullets([f"note: {n}" for n in d.notes])
+    _dynamics_section(doc, r)
 
     if r.census is not None:
         _census_section(doc, r)
 
+    _plots_section(doc, r, plots)
+
+    doc.heading("Files", 3)
+    doc.table(["file", "what"], [[f"`{p.relative_to(r.out_dir).as_posix()}`", _FILE_WHAT.get(k, k)]
+                                 for k, p in r.files.items() if k not in plots and k != "report_html"])
+
+    doc.heading("How this was made")
+    doc.code(r.command)
+    doc.table(["setting", "value"], [[k, _short(v)] for k, v in r.config.items()])
+    doc.table(["software", "version"], [[k, v] for k, v in r.versions.items()])
+    doc.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in r.seconds.items()])
+    return doc
+
+
+def _dynamics_section(doc: Document, r) -> None:
+    """Does the hole move as one body: identity per quantity, the sampled steps, the freezing."""
+    d = r.dynamics
+    if d is None:
+        return
+    doc.heading("Does the hole move as one body? (dynamics, every recorded step)", 3)
+    rows = []
+    for q, label in (("logits", "logits"), ("grads", "gradients"), ("positions", "positions")):
+        t_ident = d.trained_identical_all_steps.get(q)
+        t_first = d.trained_first_divergence.get(q)
+        rows.append([
+            label,
+            "yes" if d.identical_all_steps[q] else "no",
+            "never" if d.first_divergence[q] is None else f"step {d.first_divergence[q]:,}",
+            "–" if t_ident is None else ("yes" if t_ident else "no"),
+            "–" if t_ident is None else ("never" if t_first is None else f"step {t_first:,}"),
+        ])
+    doc.table(["quantity", "untrained: identical at every step", "untrained: first differs",
+               "trained (contrast): identical", "trained: first differs"], rows)
+    if d.never_drawn is not None:
+        nd = d.never_drawn
+        doc.table(
+            ["never-drawn bytes, same as the hole's first token", "at every step", "first differs"],
+            [[q, "yes" if nd["identical_all_steps"][q] else "no",
+              "never" if nd["first_divergence"][q] is None else f"step {nd['first_divergence'][q]:,}"]
+             for q in ("logits", "grads", "positions")],
+        )
+    doc.para(d.verdict)
+    if d.sampled:
+        srows = []
+        for e in d.sampled:
+            lg, gr, po = e.get("logits", {}), e.get("grads"), e.get("positions", {})
+            srows.append([
+                f"{e['step']:,}",
+                f"{lg.get('mean', float('nan')):+.6f}",
+                lg.get("verdict", "–"),
+                "–" if gr is None else f"{gr['norm_mean']:.4e}",
+                "–" if gr is None else f"{gr['pairwise_max']:.1e} ({gr['verdict']})",
+                f"{po.get('pairwise_max', 0):.1e} ({po.get('verdict', '–')})",
+            ])
+        doc.table(["step", "untrained logit", "logits", "shared gradient norm", "gradient distance max",
+                   "position distance max"], srows)
+    frz = d.freeze
+    doc.table(
+        ["freezing", "value"],
+        [
+            ["frozen from step (never moves again)", "–" if r.frozen_from is None else f"{r.frozen_from:,}"],
+            ["steps with exactly zero update", f"{frz.get('frozen_count', 0):,} of {len(d.recorded_steps) - 1:,}"],
+            ["of those, with a non-zero gradient (update below one ulp)",
+             f"{frz.get('frozen_with_gradient_count', 0):,}"],
+            ["first frozen step", "–" if frz.get("first_frozen") is None else f"{frz['first_frozen']:,}"],
+        ],
+    )
+    if d.notes:
+        doc.bullets([f"note: {n}" for n in d.notes])
+
+
+def _plots_section(doc: Document, r, plots: dict[str, Path]) -> None:
+    """The plots, each with its caption."""
     doc.heading("Plots", 3)
     captions = {
         "census": "Every group at every recorded step, exactly: the number of black holes and the tokens in them, "
@@ -282,17 +276,6 @@ def document(r, plots: dict[str, Path]) -> Document:
                            "nothing to mask; the densest bin is circled); right: row norms.")
     for key, path in plots.items():
         doc.image(path, captions.get(key, key))
-
-    doc.heading("Files", 3)
-    doc.table(["file", "what"], [[f"`{p.relative_to(r.out_dir).as_posix()}`", _FILE_WHAT.get(k, k)]
-                                 for k, p in r.files.items() if k not in plots and k != "report_html"])
-
-    doc.heading("How this was made")
-    doc.code(r.command)
-    doc.table(["setting", "value"], [[k, _short(v)] for k, v in r.config.items()])
-    doc.table(["software", "version"], [[k, v] for k, v in r.versions.items()])
-    doc.table(["stage", "seconds"], [[k, f"{v:.1f}"] for k, v in r.seconds.items()])
-    return doc
 
 
 _FILE_WHAT = {

@@ -58,6 +58,32 @@ def census_words(r) -> str:
             f"({int(c.tokens_in_holes[-1]):,} tokens) at step {int(c.steps[-1]):,}; {events}; {freeze}.{physics}")
 
 
+def numerics_words(r) -> str:
+    """Which numerics trained the run and, where the other numerics ran too (``--compare-numerics``),
+    whether the freeze step and the holes belong to the recipe or to its rounding."""
+    mine = getattr(r, "numerics", None) or r.config.get("numerics") or "eager"
+    how = {"eager": "PyTorch's kernels one op at a time, the original's rounding and the reference",
+           "compiled": "torch.compile's fused kernels, a rounding of their own"}.get(mine, mine)
+    text = f"trained with **{mine} numerics** ({how})."
+    c = getattr(r, "numerics_comparison", None)
+    if not c:
+        return text
+    other = next(k for k in c if k not in (mine, "first_difference_step", "freeze"))
+    a, b = c[mine], c[other]
+
+    def state(x):
+        frozen = "never freezes for good" if x["frozen_from"] is None else f"freezes from step {x['frozen_from']:,}"
+        return f"the hole {frozen}, {x['holes']:,} hole(s), {x['hole_tokens']:,} token(s) in the black hole"
+
+    first = c["first_difference_step"]
+    parted = (f"the two embedding matrices first differ at step {first:,}" if first is not None
+              else "the two runs are bit-identical at every recorded step")
+    verdict = ("so the freeze is a **property of the recipe**: both rounding paths give it" if c["freeze"] == "recipe"
+               else "so the freeze **depends on the rounding**, not on the recipe alone")
+    return (f"{text} The same run with {other} numerics: {parted}; {mine}: {state(a)}; {other}: {state(b)} — "
+            f"{verdict}.")
+
+
 def answer(r) -> list[str]:
     """The plain-language opening: how many dead tokens, one body or not, when it freezes."""
     V = int(r.final_scan.shape[0])
@@ -126,6 +152,7 @@ def answer(r) -> list[str]:
             lines.append("**The hole never freezes**: it moves at every recorded step.")
     if r.census is not None:
         lines.append("**Every group, every step**: " + census_words(r))
+    lines.append("**Numerics**: " + numerics_words(r))
     failed = [c for c in r.checks if not c.passed]
     if failed:
         lines.append("**Attention** — these expectations did not hold: " + "; ".join(c.name for c in failed) + ".")
@@ -152,7 +179,8 @@ def document(r, plots: dict[str, Path]) -> Document:
     doc.para(
         f"A {cfg['layers']}-layer byte-level GPT (width {cfg['width']}) trained for {int(r.train.steps_done):,} steps on "
         f"`{Path(cfg['corpus_path']).name}` with {start} "
-        f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}). Every step was recorded and analysed "
+        f"(sigma = {cfg['sigma']:g}, seed {cfg['seed']}, {cfg['dtype']}, {cfg.get('numerics', 'eager')} numerics). "
+        "Every step was recorded and analysed "
         "exactly: identity means bit-for-bit identical rows."
     )
     doc.heading("Answer")

@@ -4,8 +4,8 @@
 
 * from ``runs.jsonl`` (one finished run a line) and ``steps.safetensors`` (per-step
   counts ``[runs, steps + 1]``): ``sweep.md``, ``sweep.html`` and ``plots/sweep_final.png``
-  (final tokens in holes and number of holes against σ: one curve per precision — and per
-  any other option that varies —, the mean over seeds with min–max bars),
+  (final tokens in holes and number of holes against σ: one curve per precision and numerics —
+  and per any other option that varies —, the mean over seeds with min–max bars),
   ``plots/sweep_freeze.png`` (the step the hole freezes from, against σ) and
   ``plots/sweep_steps.png`` (holes and tokens in holes at every step, for a few σ);
 * from ``coarsening.json`` (``blackholes sweep --no-train``): ``coarsening.md``,
@@ -32,8 +32,8 @@ from blackholes.render.sweep_parts import COLOURS, band, fmt_sigma, holes_text, 
 
 SWEEP_PLOTS = {
     "final": ("sweep_final.png", "Where the run ends: tokens in holes (left) and number of holes (right) against "
-                                 "the initial spread σ; one curve per precision, the mean over seeds, bars from the "
-                                 "smallest to the largest seed."),
+                                 "the initial spread σ; one curve per precision and numerics, the mean over seeds, "
+                                 "bars from the smallest to the largest seed."),
     "freeze": ("sweep_freeze.png", "The step the hole freezes from (no bit of it changes again) against σ; mean over "
                                    "the seeds that froze, bars min–max; × marks a run whose hole never froze (or "
                                    "that had no hole), drawn at its last step."),

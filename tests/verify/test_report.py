@@ -35,4 +35,4 @@ def test_the_page_answers_first_and_shows_table_scatter_and_disagreements(tmp_pa
     assert (tmp_path / "report" / "plots" / "verification.png").is_file()
     assert any(p.name == "verification.png" for p in report.plots)
     section = page.split("Where verification and the indicator disagree", 1)[1]
-    assert "1 flagged tokens the model still produces" in section and "`copied`" in section
+    assert "1 token flagged by the weights that the model still produces" in section and "`copied`" in section

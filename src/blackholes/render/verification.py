@@ -42,8 +42,10 @@ def answer_lines(result, v) -> list[str]:
     verified = [t for t in v.tokens if t.max_prob < VERIFIED]
     more = [t for t in verified if t.id not in holes]
     tested_holes = [t for t in v.tokens if t.id in holes]
-    lines = [f"**{len(more):,} more tokens are verified as under-trained** by the model itself, beyond the "
-             f"{len(holes):,} dead ones in holes: of {len(v.tokens):,} tokens tested ({v.method}, {v.dtype}), "
+    n = len(more)
+    lines = [f"**{n:,} more token{'' if n == 1 else 's'} {'is' if n == 1 else 'are'} verified as under-trained** by "
+             f"the model itself, beyond the {len(holes):,} dead ones in holes: of {len(v.tokens):,} tokens tested "
+             f"({v.method}, {v.dtype}), "
              f"{len(verified):,} never reach probability {VERIFIED} when the model is asked to repeat them."]
     if more:
         shown = ", ".join(f"{t.id} {as_code(t.text or '')}" for t in sorted(more, key=lambda t: t.max_prob)[:12])
@@ -91,6 +93,10 @@ def section(doc, result, v, plots: Path) -> list[tuple[Path, str]]:
     return drawn
 
 
+def _tokens(n: int) -> str:
+    return f"{n:,} token" + ("" if n == 1 else "s")
+
+
 def _indicator(r):
     if getattr(r, "indicators", None) is None:
         return None
@@ -106,11 +112,12 @@ def _disagreements(doc, v, values, holes: set[int], threshold) -> None:
         t for t in v.tokens if t.max_prob < VERIFIED and t.id not in holes and values[t.id] > threshold]
     items = []
     if produced:
-        items.append(f"{len(produced):,} flagged tokens the model still produces (rejected): " + ", ".join(
+        items.append(f"{_tokens(len(produced))} flagged by the weights that the model still produces (rejected): "
+                     + ", ".join(
             f"{t.id} {as_code(t.text or '')} ({t.max_prob:.2f})" for t in produced[:15])
             + (" ..." if len(produced) > 15 else ""))
     if unflagged:
-        items.append(f"{len(unflagged):,} tokens verified although their indicator is above the threshold: "
+        items.append(f"{_tokens(len(unflagged))} verified although their indicator is above the threshold: "
                      + id_ranges([t.id for t in unflagged]))
     doc.bullets(items or ["none: every tested token the weights flag is one the model does not produce."])
 

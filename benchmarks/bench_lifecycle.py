@@ -34,7 +34,7 @@ def make_recording(path: Path, steps: int, seed: int = 0) -> Path:
     """Write the synthetic recording described in the module docstring (``embeddings`` only)."""
     from blackholes.io.dtypes import bf16_from_float32
     from blackholes.io.safetensors import save_safetensors
-    from blackholes.training.recording import encode_metadata
+    from blackholes.io.recording import encode_metadata
 
     rng = np.random.default_rng(seed)
     trained = [t for t in range(VOCAB) if t not in set(NEVER_SEEN)]

@@ -38,7 +38,7 @@ _LAZY = {
     "ModelScan": "analysis.groups",
     "census": "pipelines.census",
     "CensusResult": "pipelines.census",
-    "Recording": "training.recording",
+    "Recording": "io.recording",
     "sweep": "pipelines.sweep",
     "SweepResult": "pipelines.sweep",
     "history": "pipelines.history",
@@ -66,7 +66,7 @@ if TYPE_CHECKING:  # what an editor and a type checker see: every name of _LAZY,
     from blackholes.pipelines.sweep import sweep, SweepResult
     from blackholes.sources import load_matrix, Matrix
     from blackholes.training.loop import train, TrainConfig, TrainResult
-    from blackholes.training.recording import Recording
+    from blackholes.io.recording import Recording
     from blackholes.verify import Verification
 
 __all__ = sorted(_LAZY) + ["__version__"]

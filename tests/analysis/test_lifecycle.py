@@ -17,7 +17,7 @@ from blackholes.analysis.exact import hash_rows
 from blackholes.analysis.lifecycle import census, census_of_recording
 from blackholes.errors import BlackholesError
 from blackholes.io.safetensors import save_safetensors
-from blackholes.training.recording import encode_metadata
+from blackholes.io.recording import encode_metadata
 
 PHASE = {0: "forming", 1: "rigid", 2: "frozen"}
 

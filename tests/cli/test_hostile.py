@@ -569,7 +569,7 @@ def help_shows_no_raw_defaults(folder, stdout):
 
 def read_metadata(path: Path) -> dict:
     from blackholes.io.safetensors import read_header
-    from blackholes.training.recording import decode_metadata
+    from blackholes.io.recording import decode_metadata
 
     return decode_metadata(read_header(path).metadata)
 

@@ -308,7 +308,7 @@ def test_numerics_in_the_json_the_command_and_the_page(run):
 
 
 def test_compare_numerics_says_whether_the_freeze_is_the_recipes_or_its_roundings(tmp_path):
-    from blackholes.training.recording import Recording
+    from blackholes.io.recording import Recording
 
     corpus = _corpus(tmp_path / "c.txt")
     r = reproduce(tmp_path / "both", corpus=corpus, steps=STEPS, progress=False, log=None, compare_numerics=True)

@@ -19,7 +19,7 @@ from blackholes.io.safetensors import read_header
 from blackholes.pipelines import sweep as S
 from blackholes.training.config import TrainConfig
 from blackholes.training.loop import train
-from blackholes.training.recording import Recording
+from blackholes.io.recording import Recording
 from train_helpers import write_corpus
 
 TINY = dict(vocab=32, context=16, width=16, layers=1, heads=2)

@@ -19,7 +19,7 @@ from blackholes.training.batched import (
     stacked_train_step,
 )
 from blackholes.training.model import GPT, GPTConfig
-from blackholes.training.recording import Recording
+from blackholes.io.recording import Recording
 from train_helpers import bits, small, write_corpus
 
 

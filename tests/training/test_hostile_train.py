@@ -14,7 +14,7 @@ import pytest
 from blackholes.errors import BlackholesError
 from blackholes.training import limits
 from blackholes.training.config import TrainConfig
-from blackholes.training.recording import Recording
+from blackholes.io.recording import Recording
 from support import assert_one_line_error, run_blackholes
 from train_helpers import SMALL_CLI, bits, write_corpus
 

@@ -9,7 +9,7 @@ import torch
 from blackholes.errors import BlackholesError
 from blackholes.training.loop import TrainConfig, build_model, train
 from blackholes.training.model import GPT, GPTConfig
-from blackholes.training.recording import Recording
+from blackholes.io.recording import Recording
 from support import assert_one_line_error, run_blackholes
 from train_helpers import SMALL_CLI, bits, small, write_corpus
 

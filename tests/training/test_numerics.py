@@ -9,7 +9,7 @@ import pytest
 from blackholes.errors import BlackholesError
 from blackholes.training.config import NUMERICS, TrainConfig
 from blackholes.training.loop import train
-from blackholes.training.recording import Recording, read_recording_metadata, recorded_numerics
+from blackholes.io.recording import Recording, read_recording_metadata, recorded_numerics
 from train_helpers import small, write_corpus
 
 
@@ -58,7 +58,7 @@ def test_a_recording_made_before_numerics_is_read_as_what_it_was(corpus, tmp_pat
     meta.pop("numerics")
     meta["config"].pop("numerics")  # older recipes dropped the execution knobs, compile among them
     meta["compiled"] = compiled
-    from blackholes.training.recording import encode_metadata
+    from blackholes.io.recording import encode_metadata
 
     old = tmp_path / "old.safetensors"
     raw = result.path.read_bytes()

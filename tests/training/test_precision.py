@@ -8,7 +8,7 @@ import pytest
 from blackholes.errors import BlackholesError
 from blackholes.training.loop import TrainConfig, train
 from blackholes.training.precision import PRECISIONS, precision
-from blackholes.training.recording import Recording
+from blackholes.io.recording import Recording
 from support import assert_one_line_error, run_blackholes
 from train_helpers import SMALL_CLI, bits, small, write_corpus
 

@@ -11,13 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load_file
 
-from blackholes.training.recording import (
-    RecordingWriter,
-    TensorSpec,
-    decode_metadata,
-    encode_metadata,
-    read_recording_metadata,
-)
+from blackholes.io.recording import decode_metadata, encode_metadata, read_recording_metadata
+from blackholes.training.recording import RecordingWriter, TensorSpec
 from blackholes.io.safetensors import read_header
 
 SPECS = [TensorSpec("embeddings", "F32", (3, 2)), TensorSpec("logits", "F32", (3,)), TensorSpec("losses", "F32", ())]

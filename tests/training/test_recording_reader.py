@@ -10,13 +10,8 @@ from safetensors.numpy import save_file
 
 from blackholes.errors import BlackholesError
 from blackholes.training.loop import train
-from blackholes.training.recording import (
-    Recording,
-    RecordingWriter,
-    TensorSpec,
-    encode_metadata,
-    read_recording_metadata,
-)
+from blackholes.io.recording import Recording, encode_metadata, read_recording_metadata
+from blackholes.training.recording import RecordingWriter, TensorSpec
 from train_helpers import bits, small, write_corpus
 
 

@@ -19,7 +19,7 @@ from blackholes.training.loop import (
     train_step,
     window_starts,
 )
-from blackholes.training.recording import Recording
+from blackholes.io.recording import Recording
 from train_helpers import bits, small, write_corpus
 
 

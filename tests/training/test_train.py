@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from blackholes.errors import BlackholesError
 from support import GATSBY
 from blackholes.training.model import GPT, GPTConfig
-from blackholes.training.recording import read_recording_metadata
+from blackholes.io.recording import read_recording_metadata
 from blackholes.training.loop import TrainConfig, default_corpus_path, train, window_starts
 
 KEYS = ("embeddings", "grads", "logits", "momentum", "variance")

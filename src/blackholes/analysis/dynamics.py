@@ -30,7 +30,7 @@ from blackholes.analysis.dynamics_result import QUANTITIES, DynamicsResult, fini
 from blackholes.analysis.ids import as_int, parse_steps, parse_tokens
 from blackholes.errors import BlackholesError
 from blackholes.training.corpus import read_corpus
-from blackholes.training.recording import Recording
+from blackholes.io.recording import Recording
 from blackholes.io.dtypes import BITS, key_bits, to_float32, to_float64, ulp_key, ulp_spacing
 
 DEFAULT_STEPS = (0, 1, 2, 10, 100, 1000, 10000)

@@ -265,7 +265,7 @@ def census_of_recording(path: str | os.PathLike, *, key: str = "embeddings", nev
     >>> c.frozen_from["holes"], len(c.events)              # doctest: +SKIP
     """
     from blackholes.io.safetensors import open_tensor, read_header
-    from blackholes.training.recording import decode_metadata
+    from blackholes.io.recording import decode_metadata
 
     header = read_header(path)
     if key not in header.tensors:

@@ -308,7 +308,7 @@ def _train(run: _Run):
 def _scan(run: _Run):
     """2. Black holes of the first and the last embedding matrix (and their JSON and masks)."""
     from blackholes.analysis.groups import scan
-    from blackholes.training.recording import Recording
+    from blackholes.io.recording import Recording
 
     run.say("[2/5] scanning the initial and final embedding matrices for black holes ...")
     with run.stage("scan"):
@@ -379,7 +379,7 @@ def _map(run: _Run, trained, final):
     """4. Density map of the final matrix, without and with the mask."""
     from blackholes.analysis.density import density_map
     from blackholes.render.plots import plot_density_map
-    from blackholes.training.recording import Recording
+    from blackholes.io.recording import Recording
 
     run.say("[4/5] drawing the density map of the final embedding matrix ...")
     with run.stage("map"):
@@ -404,7 +404,7 @@ def _compare_numerics(run: _Run, trained_here, final, f: _Findings, dyn) -> dict
     from blackholes.analysis.groups import scan
     from blackholes.training.config import NUMERICS
     from blackholes.training.loop import train
-    from blackholes.training.recording import Recording
+    from blackholes.io.recording import Recording
 
     cfg = run.config
     other = dataclasses.replace(cfg, numerics=next(n for n in NUMERICS if n != cfg.numerics))

@@ -67,7 +67,7 @@ def is_recording(header: Header) -> bool:
 
 def _recording_step(header: Header, step: int | None) -> Matrix:
     """The embedding matrix of one recorded step (default: the last) of a training recording."""
-    from blackholes.training.recording import Recording
+    from blackholes.io.recording import Recording
 
     rec = Recording(header.path)
     steps = [int(s) for s in rec.steps]

@@ -101,7 +101,7 @@ def _is_recording(path: Path) -> bool:
 
 def recording_checkpoints(path: Path) -> list[Checkpoint]:
     """One checkpoint per recorded step of a training recording."""
-    from blackholes.training.recording import Recording
+    from blackholes.io.recording import Recording
 
     rec = Recording(path)
     return [Checkpoint(f"step {int(s)}", str(path), int(s), int(s)) for s in rec.steps]

@@ -472,7 +472,7 @@ class RunMetadata:
         self.all_counts = draw_counts(corpus.tokens, starts, config)  # of the whole run, counted once
 
     def encode(self, *, complete: bool, done: int | None = None, by: str | None = None) -> dict[str, str]:
-        from blackholes.training.recording import encode_metadata
+        from blackholes.io.recording import encode_metadata
 
         c, corpus = self.config, self.corpus
         steps = self.steps if done is None else [s for s in self.steps if s <= done]

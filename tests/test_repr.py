@@ -59,3 +59,34 @@ def test_a_dynamics_result_shows_the_verdict_and_each_quantity(tmp_path):
     assert f"**{r.verdict}**" in md and "untrained tokens (metadata): 2 (1-2)" in md
     for q in ("logits", "grads", "positions"):
         assert f"| {q} | yes | – |" in md
+
+
+def test_a_census_shows_what_it_did_and_its_deadest_models_first(tmp_path):
+    from blackholes.pipelines.census import CensusResult
+
+    rows = [{"source": "org/a", "matrix": "output", "holes": 1, "black_hole_tokens": 3, "error": None},
+            {"source": "org/b", "matrix": "input", "holes": 2, "black_hole_tokens": 40, "error": None},
+            {"source": "org/c", "error": "no such model"}]
+    md = CensusResult(rows=rows, out=tmp_path, scanned=2, failed=1, interrupted=True,
+                      stopped_by="SIGTERM")._repr_markdown_()
+    assert md.startswith(f"**Census in `{tmp_path}`**: 3 rows (2 scanned now, 0 already there, 1 failed")
+    assert "**interrupted** (SIGTERM)" in md
+    table = [line for line in md.splitlines() if line.startswith("| `")]
+    assert table == ["| `org/b` | input | 2 | 40 |", "| `org/a` | output | 1 | 3 |"]
+    assert "*failed:* `org/c`: no such model" in md
+
+
+def test_a_sweep_shows_its_grid_and_its_summary(tmp_path):
+    from blackholes.pipelines.sweep_grid import Grid
+    from blackholes.pipelines.sweep_report import SweepResult
+
+    grid = Grid.from_options({"sigma": "0,1e-3", "seed": "0-2", "steps": 10})
+    empty = SweepResult(runs=[], steps={}, run_ids=[], step_numbers=[], grid=grid, out=tmp_path)
+    assert empty._repr_markdown_() == (f"**Sweep in `{tmp_path}`**: 6 runs over sigma (2), seed (3); 0 finished "
+                                       "(0 trained now, 0 already there, 0 failed)")
+    row = {"options": {"sigma": 0.0, "seed": 0}, "final": {"never_seen_one_point": True, "tokens_in_holes": 72,
+           "holes": 1}, "freeze_step": 1043, "final_loss": 2.5, "error": None}
+    r = SweepResult(runs=[row], steps={}, run_ids=[0], step_numbers=[], grid=grid, out=tmp_path, trained=1)
+    md = r._repr_markdown_()
+    assert "1 finished (1 trained now" in md
+    assert md.endswith("```\n" + r.summary() + "\n```") and "sigma=0: 1 run" in md

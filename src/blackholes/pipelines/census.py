@@ -166,6 +166,24 @@ class CensusResult:
             raise BlackholesError("to_pandas() needs pandas (pip install pandas); the rows are in .rows") from None
         return pd.DataFrame(self.rows)
 
+    def _repr_markdown_(self, top: int = 10) -> str:
+        """What Jupyter shows: what this run did, and the models with the most dead tokens as a table."""
+        where = f" in `{self.out}`" if self.out is not None else ""
+        state = " — **interrupted**" + (f" ({self.stopped_by})" if self.stopped_by else "") if self.interrupted else ""
+        lines = [f"**Census{where}**: {len(self.rows):,} rows ({self.scanned:,} scanned now, {self.skipped:,} already "
+                 f"there, {self.failed:,} failed, {self.retried:,} retried){state}"]
+        good = sorted((r for r in self.rows if r.get("error") is None),
+                      key=lambda r: -(r.get("black_hole_tokens") or 0))
+        if good:
+            lines += ["", "| model | matrix | holes | black-hole tokens |", "|---|---|---:|---:|"]
+            lines += [f"| `{r['source']}` | {r.get('matrix') or '–'} | {r.get('holes') if r.get('holes') is not None else '–'} "
+                      f"| {r.get('black_hole_tokens') or 0:,} |" for r in good[:top]]
+            if len(good) > top:
+                lines.append(f"\n… and {len(good) - top:,} more (`rows` or `to_pandas()` has them all)")
+        failed = [r for r in self.rows if r.get("error") is not None]
+        lines += [f"\n*failed:* `{r['source']}`: {r['error']}" for r in failed[:top]]
+        return "\n".join(lines)
+
 
 
 # ---------------------------------------------------------------------------- progress

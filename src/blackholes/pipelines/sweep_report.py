@@ -54,6 +54,15 @@ class SweepResult:
         """A few lines per combination of the swept options other than the seed."""
         return summary_text(self.runs, list(self.grid.swept))
 
+    def _repr_markdown_(self) -> str:
+        """What Jupyter shows: the grid, what this run did, and the summary per combination of options."""
+        swept = ", ".join(f"{k} ({len(v)})" for k, v in self.grid.swept.items()) or "nothing"
+        state = " — **interrupted**" + (f" ({self.stopped_by})" if self.stopped_by else "") if self.interrupted else ""
+        head = (f"**Sweep in `{self.out}`**: {self.grid.size:,} runs over {swept}; {len(self.runs):,} finished "
+                f"({self.trained:,} trained now, {self.skipped:,} already there, {self.failed:,} failed){state}")
+        text = self.summary()
+        return head + ("\n\n```\n" + text.replace("```", "'''") + "\n```" if text.strip() else "")
+
 
 def summary_text(rows: list[dict], swept: list[str]) -> str:
     """The finished runs, seeds pooled: never-seen hole intact, tokens in holes, freeze step, loss.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from blackholes import defaults
 from blackholes.errors import BlackholesError
 
 
@@ -43,8 +44,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--matrix", choices=("input", "output", "both"),
                    help="the input embedding, the output matrix, or both (default: scan's choice: the output "
                         "matrix, the input one when tied)")
-    p.add_argument("--near", type=int, nargs="?", const=8, metavar="K",
-                   help="also the halo size per checkpoint: rows within K ULPs of a hole (K = 8 when bare)")
+    p.add_argument("--near", type=int, nargs="?", const=defaults.NEAR_ULPS, metavar="K",
+                   help=f"also the halo size per checkpoint: rows within K ULPs of a hole (K = {defaults.NEAR_ULPS} when bare)")
     p.add_argument("--workers", type=int, metavar="N", help="local processes (default: the cores)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="run the checkpoints on a Dask cluster, e.g. tcp://HOST:8786 "

@@ -40,7 +40,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="the new rows (default: mean)")
     p.add_argument("--matrix", choices=("input", "output", "both"), default="both",
                    help="which matrices to repair (default: both; a tied matrix is repaired once)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="mean-cov: the random seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="mean-cov: the random seed (default %(default)s)")
     p.add_argument("--verify", action="store_true",
                    help="verify the repaired tokens with the model itself (magikarp), before and after, side by side "
                         "(SOURCE must be a whole model: a folder with its tokenizer, a GGUF, an Ollama model)")

@@ -58,7 +58,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--mask", metavar="PATH", help="write mask, black_hole_id and group vectors (safetensors)")
     p.add_argument("--json", metavar="PATH", help="write the full report as JSON")
     p.add_argument("--report", metavar="DIR", help="write report.html and report.md (with plots) into DIR")
-    p.add_argument("--top", type=int, default=10, metavar="N", help="largest groups to print (default 10)")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="largest groups to print (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--verify", action="store_true",
                    help="then verify the hole members and candidates with the model itself (as `blackholes verify`):"

@@ -56,7 +56,7 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--method", choices=("magikarp",), default="magikarp", help="the verification method")
     g.add_argument("--device", default="auto", metavar="auto|cpu|cuda", help="where the model runs (default auto)")
     g.add_argument("--dtype", metavar="NAME", help="float32 (default: magikarp's answers), bfloat16 or float16")
-    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="tokens per forward pass (default 16)")
+    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="tokens per forward pass (default %(default)s)")
 
 
 def store_path(args) -> str | None:

@@ -574,12 +574,12 @@ def add_coarsening_arguments(parser) -> None:
                          help="where the rows start: the largest hole's vector of a `scan --mask` file, or random "
                               "(c = 0.02 N(0,1) per seed, the `train --init centre` point; default)"),
         "--tokens": dict(type=int, metavar="N", help="rows (default: the target's hole tokens plus its halo, else "
-                                                     "the mask's black-hole tokens, else 128)"),
+                                                     "the mask's black-hole tokens, else %d)" % DEFAULT_TOKENS),
         "--target": dict(metavar="SCAN.json", help="a real model's `scan --json`: compare the hole sizes, pick the "
                                                    "closest sigma"),
         "--dtype": dict(metavar="bf16|f16|f32", help="the grid the rows are rounded to (default: the centre's grid, "
                                                      "else the target's dtype, else bf16)"),
-        "--dim": dict(type=int, metavar="D", help="width with --centre random (default: the target's, else 64)"),
+        "--dim": dict(type=int, metavar="D", help=f"width with --centre random (default: the target's, else {DEFAULT_DIM})"),
     }
     for option in OPTIONS:
         if option not in have:

@@ -142,3 +142,8 @@ def test_scan_verify_adds_the_verdicts_to_the_json_the_mask_and_the_report(lm, t
     assert "more token" in answer and "verified as under-trained" in answer
     assert "## Verified by the model" in page and "Where verification and the indicator disagree" in page
     assert "Verified (magikarp" in p.stdout
+
+
+def test_scan_verify_refuses_before_scanning(lm):
+    p = run_blackholes("scan", lm["folder"] / "model.safetensors", "--verify")
+    assert_one_line_error(p.returncode, p.stderr, "whole model")

@@ -134,6 +134,12 @@ def run(args) -> int:
     args.quiet = args.quiet or args.json == "-"  # standard output is the JSON
     outputs = [args.mask, args.json, *_report_files(args.report)]
     check_outputs(outputs, inputs=(args.source, args.tokenizer))
+    if args.verify:  # what verification would refuse, refused before the scan
+        from blackholes.verify.model import dtype_name, locate, pick_device
+
+        dtype_name(args.dtype, pick_device(args.device))
+        if not args.source.startswith("hf://"):
+            locate(args.source)
     if args.matrix == "both":
         if args.key or args.step is not None:
             raise BlackholesError("--matrix both picks both matrices itself: drop --key / --step")

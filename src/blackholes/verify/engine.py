@@ -71,7 +71,8 @@ class Engine:
         head = model.get_output_embeddings().weight
         embedding = model.get_input_embeddings().weight
         body = sum(p.numel() for p in model.parameters() if p is not head and p is not embedding)
-        self.body_flops, self.head_flops = 2 * body, 2 * head.numel()  # per token through the layers; per scored logit row
+        # FLOPs per token through the layers, and per scored row of logits
+        self.body_flops, self.head_flops = 2 * body, 2 * head.numel()
 
     def _prefix(self, prompt):
         """The key/value cache of the ids before the first placeholder (None when the prompt starts with it)."""

@@ -115,8 +115,22 @@ def _download(source: str) -> ModelFiles:
     try:
         folder = snapshot_download(repo, revision=revision or None, allow_patterns=patterns)
     except Exception as e:  # huggingface_hub raises many kinds; the message is what the user needs
-        raise BlackholesError(f"cannot download {source}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}")
+        raise BlackholesError(f"cannot download {source}: {type(e).__name__}: {_first_line(e)}") from None
     return ModelFiles(source, Path(folder), None, Path(folder).name)
+
+
+def vocabulary_rows(files: ModelFiles) -> int | None:
+    """The model's token count from its config (cheap: no weights read), or None when the config does not say."""
+    from transformers import AutoConfig
+
+    extra = {"gguf_file": files.gguf_file} if files.gguf_file else {}
+    try:
+        config = AutoConfig.from_pretrained(files.folder, **extra)
+        text = config.get_text_config() if hasattr(config, "get_text_config") else config
+        rows = getattr(text, "vocab_size", None)
+    except Exception:  # an unusual config: the check after loading still stands
+        return None
+    return int(rows) if isinstance(rows, int) and rows > 0 else None
 
 
 def parameter_count(files: ModelFiles) -> int:

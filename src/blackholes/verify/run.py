@@ -20,7 +20,7 @@ import time
 
 from blackholes.errors import BlackholesError
 from blackholes.verify.engine import THRESHOLDS, Engine, verdict
-from blackholes.verify.model import check_memory, dtype_name, load, locate, pick_device
+from blackholes.verify.model import check_memory, dtype_name, load, locate, pick_device, vocabulary_rows
 from blackholes.verify.prompts import choose_placeholder, encodable
 from blackholes.verify.result import TokenVerdict, Verification
 
@@ -31,7 +31,10 @@ DEFAULT_BATCH = 16
 def verify(source: str, tokens, *, method: str = "magikarp", device: str | None = "auto", dtype: str | None = None,
            batch_size: int = DEFAULT_BATCH, store=None, progress: bool = True, skip_rejected: bool = True,
            loaded=None) -> Verification:
-    """Verdicts for ``tokens`` (ids, or "all") of the model at ``source``. ``loaded``: an already loaded (model, tokenizer)."""
+    """Verdicts for ``tokens`` (ids, or "all") of the model at ``source``.
+
+    ``loaded``: an already loaded (model, tokenizer); ``store``: a :class:`blackholes.io.jsonl.JsonlStore` to append
+    the verdicts to (and resume from); ``skip_rejected=False`` runs every prompt for every token."""
     if method not in METHODS:
         raise BlackholesError(f"--method must be one of {', '.join(METHODS)}, not {method!r}")
     if batch_size < 1:
@@ -40,15 +43,14 @@ def verify(source: str, tokens, *, method: str = "magikarp", device: str | None 
     dtype = dtype_name(dtype, device)
     if loaded is None:
         files = locate(source)
+        _check_ids(tokens, vocabulary_rows(files))  # before loading: no wait for a refusal
         check_memory(files, dtype, device)
         model, tokenizer = load(files, dtype, device)
     else:
         model, tokenizer = loaded
     rows = model.get_input_embeddings().weight.shape[0]
     tokens = list(range(rows)) if isinstance(tokens, str) and tokens == "all" else sorted({int(t) for t in tokens})
-    bad = [t for t in tokens if not 0 <= t < rows]
-    if bad:
-        raise BlackholesError(f"token ids out of range: {_short(bad)} (the model has {rows:,} tokens: 0-{rows - 1})")
+    _check_ids(tokens, rows)
     vocab = min(rows, len(tokenizer))
     pid, ptext, prompts = choose_placeholder(tokenizer, vocab, tokenizer.all_special_ids)
     result = Verification(method, str(source), dtype, dict(THRESHOLDS), {"id": pid, "text": ptext}, 0.0,
@@ -133,6 +135,14 @@ def _resume(store, result: Verification) -> dict:
             v = TokenVerdict.from_json(row["token"])
             done[v.id] = v
     return done
+
+
+def _check_ids(tokens, rows: int | None) -> None:
+    if rows is None or isinstance(tokens, str):
+        return
+    bad = sorted(t for t in {int(t) for t in tokens} if not 0 <= t < rows)
+    if bad:
+        raise BlackholesError(f"token ids out of range: {_short(bad)} (the model has {rows:,} tokens: 0-{rows - 1})")
 
 
 def _describe(head) -> str:

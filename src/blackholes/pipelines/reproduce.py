@@ -396,8 +396,9 @@ def _map(run: _Run, trained, final):
 def _compare_numerics(run: _Run, trained_here, final, f: _Findings, dyn) -> dict:
     """4b. The same run with the other numerics: do the freeze step and the holes stay?
 
-    The freeze is the recipe's when both rounding paths freeze the hole at the same step and
-    leave the same holes (same groups, same hole tokens); otherwise it is its rounding's.
+    The holes are the recipe's when both rounding paths leave the same holes (as many groups, the
+    same hole tokens); the freeze is the recipe's when, besides, both freeze the hole at the same
+    step. Otherwise each is its rounding's.
     """
     import dataclasses
 
@@ -425,10 +426,11 @@ def _compare_numerics(run: _Run, trained_here, final, f: _Findings, dyn) -> dict
             "final_loss": finite_or_none(trained_here.final_loss)}
     theirs = {"frozen_from": _frozen_from(dyn_other), "holes": len(final_other.groups),
               "hole_tokens": len(hole_other), "final_loss": finite_or_none(trained.final_loss)}
-    same = mine["frozen_from"] == theirs["frozen_from"] and mine["holes"] == theirs["holes"] and \
-        sorted(f.hole) == hole_other
+    same_holes = mine["holes"] == theirs["holes"] and sorted(f.hole) == hole_other
+    same_freeze = mine["frozen_from"] == theirs["frozen_from"]
     return {cfg.numerics: mine, other.numerics: theirs, "first_difference_step": first,
-            "freeze": "recipe" if same else "rounding"}
+            "freeze": "recipe" if same_freeze and same_holes else "rounding",
+            "holes": "recipe" if same_holes else "rounding"}
 
 
 def _first_difference(a, b) -> int | None:

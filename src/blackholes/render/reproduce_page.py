@@ -78,8 +78,12 @@ def numerics_words(r) -> str:
     first = c["first_difference_step"]
     parted = (f"the two embedding matrices first differ at step {first:,}" if first is not None
               else "the two runs are bit-identical at every recorded step")
-    verdict = ("so the freeze is a **property of the recipe**: both rounding paths give it" if c["freeze"] == "recipe"
-               else "so the freeze **depends on the rounding**, not on the recipe alone")
+    if c["freeze"] == "recipe":
+        verdict = "so the freeze and the holes are a **property of the recipe**: both rounding paths give them"
+    elif c.get("holes") == "recipe":
+        verdict = ("so the holes are a **property of the recipe**, but the freeze step **depends on the rounding**")
+    else:
+        verdict = "so the freeze and the holes **depend on the rounding**, not on the recipe alone"
     return (f"{text} The same run with {other} numerics: {parted}; {mine}: {state(a)}; {other}: {state(b)} — "
             f"{verdict}.")
 

@@ -80,3 +80,32 @@ def test_batch_size_does_not_change_the_answers(lm):
         assert a.verdict == b.verdict
         assert all(close(a.probs[k], b.probs[k]) for k in a.probs if a.probs[k] is not None)
     assert not math.isnan(one.tokens[0].max_prob)
+
+
+def test_a_model_that_ends_at_once_is_scored_like_generate(lm, tmp_path):
+    """When the greedy token is end-of-sequence, generate() stops: later steps are not scored, here neither."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(lm["folder"], dtype="float32").eval()
+    eos = model.config.eos_token_id
+    with torch.no_grad():
+        model.lm_head.weight[eos, 0] = 4.0  # dimension 0 is on everywhere: end-of-sequence wins unless copying
+    folder = tmp_path / "eos"
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(lm["folder"] / name, folder / name)
+    tokens = [lm["copy"][0], 77, 150, lm["dead"][0]]
+    v = verify(str(folder), tokens, device="cpu", batch_size=4, progress=False, skip_rejected=False)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ends = 0
+    for t in v.tokens:
+        ref = reference(model, tokenizer, t.id, v.placeholder["id"], v.placeholder["text"])
+        assert all(close(t.probs[k], p) for k, p in ref.items()), (t, ref)
+        assert t.verdict == magikarp_verdict(max(ref.values()))
+        ids = tokenizer(PROMPTS[0].text(v.placeholder["text"]), return_tensors="pt").input_ids
+        ids[ids == v.placeholder["id"]] = t.id
+        ends += model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=eos).shape[1] < ids.shape[1] + 3
+    assert ends  # generate() stopped before its 3 steps for some tokens: the case is exercised

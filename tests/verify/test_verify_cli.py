@@ -147,3 +147,18 @@ def test_scan_verify_adds_the_verdicts_to_the_json_the_mask_and_the_report(lm, t
 def test_scan_verify_refuses_before_scanning(lm):
     p = run_blackholes("scan", lm["folder"] / "model.safetensors", "--verify")
     assert_one_line_error(p.returncode, p.stderr, "whole model")
+
+
+def test_without_the_verify_extra_one_line(lm, tmp_path):
+    """transformers missing (hidden from this process): a line naming the extra, not an ImportError."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text(
+        "import sys\nclass _Hide:\n    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('transformers', 'accelerate'):\n"
+        "            raise ModuleNotFoundError(name)\n        return None\nsys.meta_path.insert(0, _Hide())\n")
+    import os
+
+    env = {"PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
+    p = run_blackholes("verify", lm["folder"], "--tokens", "5", env=env)
+    assert_one_line_error(p.returncode, p.stderr, "blackholes[verify]")

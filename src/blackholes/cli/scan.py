@@ -135,8 +135,9 @@ def run(args) -> int:
     outputs = [args.mask, args.json, *_report_files(args.report)]
     check_outputs(outputs, inputs=(args.source, args.tokenizer))
     if args.verify:  # what verification would refuse, refused before the scan
-        from blackholes.verify.model import dtype_name, locate, pick_device
+        from blackholes.verify.model import dtype_name, locate, pick_device, require_transformers
 
+        require_transformers()
         dtype_name(args.dtype, pick_device(args.device))
         if not args.source.startswith("hf://"):
             locate(args.source)

@@ -121,6 +121,7 @@ def _download(source: str) -> ModelFiles:
 
 def vocabulary_rows(files: ModelFiles) -> int | None:
     """The model's token count from its config (cheap: no weights read), or None when the config does not say."""
+    require_transformers()
     from transformers import AutoConfig
 
     extra = {"gguf_file": files.gguf_file} if files.gguf_file else {}
@@ -188,8 +189,23 @@ def _available(device: str) -> int | None:
     return available_memory()
 
 
+def require_transformers() -> None:
+    """One line, not an ImportError, where the optional extra is not installed."""
+    import importlib
+
+    missing = []
+    for name in ("transformers", "accelerate"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise BlackholesError(f"verification needs {' and '.join(missing)}: pip install 'blackholes[verify]'")
+
+
 def load(files: ModelFiles, dtype: str, device: str):
     """(model, tokenizer) in eval mode on ``device``; one line when the source has no tokenizer or no LM head."""
+    require_transformers()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

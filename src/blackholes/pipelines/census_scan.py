@@ -20,12 +20,16 @@ import socket
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from blackholes.errors import BlackholesError
 from blackholes.pipelines.runner import one_line
 from blackholes.sources.listing import resolve_revision
+
+if TYPE_CHECKING:
+    from blackholes.analysis.groups import ScanResult
 
 MATRIX_CHOICES = ("input", "output", "both")
 
@@ -65,7 +69,7 @@ class ScanOutcome:
 
     row: dict
     doc: dict | None = None
-    result: object | None = None  # blackholes.analysis.groups.ScanResult
+    result: ScanResult | None = None
 
 
 

@@ -122,7 +122,7 @@ def _load(source: str, site, lone, key, matrix, cache, progress) -> Matrix:
 class _Choice:
     """The tensor picked, the file holding it, and what the model folder said about it."""
 
-    file: object  # an HttpFile or _FsspecFile
+    file: HttpFile | _FsspecFile  # how the bytes are read: our HTTP client, or fsspec
     name: str | None  # the file's name in the model folder (None for a lone file)
     header: Header | None
     key: str

@@ -327,3 +327,18 @@ def test_compare_numerics_says_whether_the_freeze_is_the_recipes_or_its_rounding
     assert json.loads((tmp_path / "both" / "reproduce.json").read_text())["numerics_comparison"] == c
     page = (tmp_path / "both" / "report.md").read_text()
     assert "compiled numerics" in page and ("property of the recipe" in page or "depends on the rounding" in page)
+
+
+def test_the_recording_is_the_train_run_with_the_same_options(run, tmp_path):
+    """reproduce, train and sweep share one recipe, numerics included: the same options give the same run."""
+    import dataclasses
+
+    from blackholes.training.config import TrainConfig
+    from blackholes.training.loop import train
+
+    result, out, _ = run
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in result.config.items() if k in names})
+    mine = train(config, tmp_path / "train.safetensors", progress=False)
+    assert mine.numerics == result.numerics == "eager"
+    assert mine.path.read_bytes() == result.recording.read_bytes()

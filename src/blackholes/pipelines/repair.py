@@ -223,7 +223,7 @@ def repair_tokens(p: Plan, tokens: str, scan) -> tuple[list[int], dict, dict | N
 
 
 def _holes(p: Plan) -> list[list[int]]:
-    from blackholes.analysis.groups import find_groups
+    from blackholes.analysis.exact import find_groups
 
     return [g.tolist() for t in p.targets for g in find_groups(t.matrix.array)]
 

@@ -105,7 +105,7 @@ def run(args) -> int:
     store = store_path(args)
     check_outputs([args.json, store], inputs=(args.source, args.from_scan))
     if args.tokens is not None:
-        from blackholes.analysis.dynamics import parse_tokens
+        from blackholes.analysis.ids import parse_tokens
 
         tokens = parse_tokens(args.tokens)
     elif args.from_scan:

@@ -207,7 +207,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- files -----------------------------------------------------------------------------------
 
-    def _file(self, name: str, head: bool, folder: Path | None = None) -> None:
+    def _file(self, name: str, head: bool, folder: Path | None = None, commit: str | None = None) -> None:
         folder = self.state.folder if folder is None else folder
         target = (folder / name).resolve()
         root = folder.resolve()
@@ -224,6 +224,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(stop - start))
         self.send_header("Accept-Ranges", "none" if self.state.mode == "no-range" else "bytes")
         self.send_header("ETag", _etag(target))
+        if commit is not None:  # the Hub names the commit it served from (huggingface_hub's downloads need it)
+            self.send_header("X-Repo-Commit", commit)
         self.send_header("Last-Modified", email.utils.formatdate(target.stat().st_mtime, usegmt=True))
         if span:
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
@@ -287,7 +289,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             return self._error(404, path, code="RevisionNotFound")
         if resolve:
-            return self._file(resolve.group(3), head, folder)
+            return self._file(resolve.group(3), head, folder, commit=sha)
         if api.group(2) == "tree":
             return self._json(self._tree((api.group(4) or "").strip("/"), folder), path)
         siblings = [{"rfilename": p.relative_to(folder).as_posix()}

@@ -40,3 +40,27 @@ def test_a_model_id_in_the_hugging_face_cache(lm, tokens, expected, tmp_path, mo
     shutil.copytree(lm["folder"], snapshot)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     assert _answers(verify("org/tiny", tokens, device="cpu", progress=False)) == expected
+
+
+def test_hf_url_downloads_the_model_from_the_hub(lm, tokens, expected, tmp_path, monkeypatch):
+    """hf://org/name through huggingface_hub, against the tests' local Hub server (never the real Hub)."""
+    import importlib.util
+    from pathlib import Path
+
+    import sys
+
+    spec = importlib.util.spec_from_file_location("bh_test_http_server", Path(__file__).parents[1] / "sources" /
+                                                  "http_server.py")
+    hs = sys.modules.get(spec.name)
+    if hs is None:
+        hs = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = hs  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(hs)
+    for name in ("HF_TOKEN", "HF_HUB_OFFLINE", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    with hs.serve(lm["folder"], hub="org/tiny") as server:
+        monkeypatch.setenv("HF_ENDPOINT", server.url.rstrip("/"))
+        v = verify("hf://org/tiny", tokens, device="cpu", progress=False)
+    assert _answers(v) == expected
+    assert any((tmp_path / "hf-home" / "hub").rglob("model.safetensors"))

@@ -107,13 +107,18 @@ def locate(source: str) -> ModelFiles:
 
 def _download(source: str) -> ModelFiles:
     """``hf://org/name[@rev]``: the files transformers needs, into the Hugging Face cache (then read offline)."""
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
+
+    from blackholes.sources.hf_cache import hf_cache_dir
 
     repo, _, revision = source[len("hf://"):].strip("/").partition("@")
+    # the endpoint and cache as the environment says now (huggingface_hub read them once, at import)
+    where = {"endpoint": (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/"),
+             "cache_dir": hf_cache_dir()}
     patterns = ["config.json", "generation_config.json", "tokenizer*", "special_tokens_map.json", "*.model",
                 "vocab.*", "merges.txt", "*.safetensors", "model.safetensors.index.json"]
     try:
-        folder = snapshot_download(repo, revision=revision or None, allow_patterns=patterns)
+        folder = snapshot_download(repo, revision=revision or None, allow_patterns=patterns, **where)
     except Exception as e:  # huggingface_hub raises many kinds; the message is what the user needs
         raise BlackholesError(f"cannot download {source}: {type(e).__name__}: {_first_line(e)}") from None
     return ModelFiles(source, Path(folder), None, Path(folder).name)

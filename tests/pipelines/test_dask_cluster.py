@@ -175,6 +175,22 @@ def test_an_address_where_nothing_listens_is_one_line_at_once(tmp_path, command)
     assert not (tmp_path / "out").exists()
 
 
+def test_an_address_that_listens_but_never_answers_is_one_line_within_the_timeout(tmp_path):
+    model = write_model(tmp_path / "m.safetensors", seed=0)
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never says a word
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        address = "tcp://127.0.0.1:%d" % silent.getsockname()[1]
+        t0 = time.perf_counter()
+        r = blackholes("census", model, "--out", tmp_path / "out", "--scheduler", address, "--connect-timeout", "2",
+                       timeout=60)
+        seconds = time.perf_counter() - t0
+    assert r.returncode == 2 and "Traceback" not in r.stderr and r.stderr.count("\n") == 1
+    assert f"cannot reach the Dask scheduler at {address} (no Dask scheduler answered within 2 s)" in r.stderr
+    assert seconds < 2 + 8  # the timeout, and no hang at exit
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_worker_killed_mid_model_costs_one_retry(cluster, tmp_path):
     address, probe = cluster
     # two models on two one-thread workers: each worker holds one model, nothing waits behind it

@@ -505,19 +505,24 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT):
 
 
 def _nothing_listens(address: str, timeout: float) -> str | None:
-    """Why a plain TCP connection to a ``tcp://HOST:PORT`` address fails, or None (it answers, or
-    the address is of another kind): a refused port is told at once, and no Dask client is
-    started, whose comm threads would otherwise hold the process at exit."""
+    """Why a ``tcp://HOST:PORT`` address is no Dask scheduler, or None (it answers like one, or the
+    address is of another kind). A scheduler speaks first on a new connection (its handshake), so
+    a refused port, a silent server (an HTTP server waits for a request; Dask's own client would
+    wait for ever) or a closed connection is told here, within ``timeout``, before any Dask client
+    is started whose comm threads would otherwise hold the process."""
     import socket
 
     m = re.fullmatch(r"tcp://\[?([^\]/]+?)\]?:(\d+)/?", address)
     if m is None:
         return None
     try:
-        with socket.create_connection((m[1], int(m[2])), timeout=timeout):
+        with socket.create_connection((m[1], int(m[2])), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            if not sock.recv(1):
+                return "it closed the connection: not a Dask scheduler"
             return None
     except socket.timeout:
-        return f"no answer within {timeout:g} s"
+        return f"no Dask scheduler answered within {timeout:g} s"
     except OSError as e:
         return e.strerror or str(e)
 

@@ -215,7 +215,10 @@ class _Recording(Recording):
     def summary_metadata(self) -> dict:
         keep = ("sigma", "seed", "dtype", "precision", "init", "complete", "interrupted_at_step", "corpus_sha256",
                 "centre")
-        return json_safe({k: self.metadata[k] for k in keep if k in self.metadata})
+        out = {k: self.metadata[k] for k in keep if k in self.metadata}
+        if self.numerics is not None:  # also for recordings made before numerics: read from `compiled`
+            out["numerics"] = self.numerics
+        return json_safe(out)
 
 
 def _untrained_tokens(rec: _Recording, corpus, tokens, notes: list[str]) -> tuple[list[int], str]:

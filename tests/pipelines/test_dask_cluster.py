@@ -26,6 +26,7 @@ distributed = pytest.importorskip("distributed", reason="the real-cluster tests 
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = ("seconds", "started", "worker")  # what two runs of one census may differ in
 SWEEP_VARIES = ("seconds", "batch", "part", "recording")
+DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this very environment
 TINY = ["--vocab", "32", "--context", "16", "--width", "16", "--layers", "1", "--heads", "2"]
 
 
@@ -60,7 +61,7 @@ def cluster(tmp_path_factory):
     probe = None
     try:
         procs.append(subprocess.Popen(
-            ["dask", "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
+            [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
             cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "wb"),
             start_new_session=True))
         deadline = time.time() + 30
@@ -68,7 +69,7 @@ def cluster(tmp_path_factory):
             time.sleep(0.05)
         address = json.loads(file.read_text())["address"]
         procs.append(subprocess.Popen(
-            ["dask", "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+            [*DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
             cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=open(folder / "worker.log", "wb"),
             start_new_session=True))
         probe = distributed.Client(address, timeout=30, set_as_default=False)

@@ -139,7 +139,6 @@ def load_target(spec) -> Target:
             raise BlackholesError("a hole has at least 2 tokens")
         return Target(None, sorted(sizes, reverse=True))
     from blackholes.io.paths import input_file
-
     from blackholes.io.untrusted import parse_json
 
     path = input_file(spec, "--target scan JSON")
@@ -149,8 +148,8 @@ def load_target(spec) -> Target:
     try:
         data = parse_json(raw, what=f"--target {path}")
     except BlackholesError as e:
-        raise BlackholesError(f"{e} (not JSON at all, or not within limits: write one with "
-                              "`blackholes scan MODEL --json PATH`)") from None
+        raise BlackholesError(f"{e}: not a scan JSON (not JSON at all, or not within limits; "
+                              "write one with `blackholes scan MODEL --json PATH`)") from None
     if isinstance(data, dict) and isinstance(data.get("matrices"), dict):  # scan --matrix both
         data = data["matrices"].get("output") or data["matrices"].get("input")
     sizes, shape = _scan_sizes(data)

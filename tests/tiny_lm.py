@@ -55,7 +55,7 @@ def build_model(tok, *, seed: int = 0, layers: int = 2, hidden: int = HIDDEN):
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=2 * hidden,
                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=False, bos_token_id=None,
+                      max_position_embeddings=1024, tie_word_embeddings=False, bos_token_id=None,
                       eos_token_id=tok.token_to_id(EOS), pad_token_id=None, rms_norm_eps=1e-6,
                       rope_theta=10000.0)
     model = LlamaForCausalLM(cfg).eval()

@@ -162,3 +162,13 @@ def test_without_the_verify_extra_one_line(lm, tmp_path):
     env = {"PYTHONPATH": os.pathsep.join([str(hide), os.environ.get("PYTHONPATH", "")])}
     p = run_blackholes("verify", lm["folder"], "--tokens", "5", env=env)
     assert_one_line_error(p.returncode, p.stderr, "blackholes[verify]")
+
+
+def test_prompts_longer_than_the_context_are_one_line(lm, tmp_path):
+    short = tmp_path / "short"
+    shutil.copytree(lm["folder"], short)
+    config = json.loads((short / "config.json").read_text())
+    config["max_position_embeddings"] = 256
+    (short / "config.json").write_text(json.dumps(config))
+    p = run_blackholes("verify", short, "--tokens", "5")
+    assert_one_line_error(p.returncode, p.stderr, "more than the model's context of 256")

@@ -65,6 +65,7 @@ class Engine:
 
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"  # transformers 5.x renamed it
+        self.keep = {"logits_to_keep": 1} if "logits_to_keep" in params else {}  # else all logits, last one read
         self.order = sorted(range(len(prompts)), key=lambda k: len(prompts[k].ids))  # cheapest first
         self.eos = torch.tensor(sorted(eos_ids(model)), dtype=torch.long, device=self.device)
         self.prefixes = [self._prefix(p) for p in prompts]
@@ -83,10 +84,10 @@ class Engine:
             return None
         with torch.inference_mode():
             ids = torch.tensor([prompt.ids[:start]], dtype=torch.long, device=self.device)
-            return self._cache(self.model(input_ids=ids, use_cache=True, logits_to_keep=1))
+            return self._cache(self._forward(ids, None))
 
     def _forward(self, ids, cache):
-        return self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_arg: cache})
+        return self.model(input_ids=ids, use_cache=True, **self.keep, **{self.cache_arg: cache})
 
     def _cache(self, out):
         cache = out.get("cache")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 
 from blackholes.errors import BlackholesError
-from blackholes.verify.engine import THRESHOLDS, Engine, verdict
+from blackholes.verify.engine import STEPS, THRESHOLDS, Engine, verdict
 from blackholes.verify.model import check_memory, dtype_name, load, locate, pick_device, vocabulary_rows
 from blackholes.verify.prompts import choose_placeholder, encodable
 from blackholes.verify.result import TokenVerdict, Verification
@@ -53,6 +53,7 @@ def verify(source: str, tokens, *, method: str = "magikarp", device: str | None 
     _check_ids(tokens, rows)
     vocab = min(rows, len(tokenizer))
     pid, ptext, prompts = choose_placeholder(tokenizer, vocab, tokenizer.all_special_ids)
+    _check_context(model.config, prompts)
     result = Verification(method, str(source), dtype, dict(THRESHOLDS), {"id": pid, "text": ptext}, 0.0,
                           device=device)
     done = _resume(store, result)
@@ -135,6 +136,17 @@ def _resume(store, result: Verification) -> dict:
             v = TokenVerdict.from_json(row["token"])
             done[v.id] = v
     return done
+
+
+def _check_context(config, prompts) -> None:
+    """The longest prompt and its continuation must fit the model's context (positions beyond it are not ones the
+    model was made for; learned position tables have no row for them)."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    context = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    longest = max(len(p.ids) for p in prompts) + STEPS - 1
+    if isinstance(context, int) and longest > context:
+        raise BlackholesError(f"the verification prompts take {longest:,} positions with this tokenizer, more than "
+                              f"the model's context of {context:,}")
 
 
 def _check_ids(tokens, rows: int | None) -> None:

@@ -109,3 +109,26 @@ def test_a_model_that_ends_at_once_is_scored_like_generate(lm, tmp_path):
         ids[ids == v.placeholder["id"]] = t.id
         ends += model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=eos).shape[1] < ids.shape[1] + 3
     assert ends  # generate() stopped before its 3 steps for some tokens: the case is exercised
+
+
+def test_another_architecture_agrees_too(tmp_path):
+    """GPT-2 (learned positions, tied output matrix, its own cache path) against the same batch-1 loop."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    import tiny_lm
+
+    tok = tiny_lm.train_tokenizer()
+    torch.manual_seed(1)
+    config = GPT2Config(vocab_size=tok.get_vocab_size(), n_embd=32, n_layer=2, n_head=4, n_positions=1024,
+                        eos_token_id=0, bos_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    model.save_pretrained(tmp_path / "gpt2")
+    PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=tiny_lm.EOS).save_pretrained(tmp_path / "gpt2")
+    v = verify(str(tmp_path / "gpt2"), [3, 50, 77, 300], device="cpu", batch_size=3, progress=False,
+               skip_rejected=False)
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "gpt2")
+    for t in v.tokens:
+        ref = reference(model, tokenizer, t.id, v.placeholder["id"], v.placeholder["text"])
+        assert all(close(t.probs[k], p) for k, p in ref.items()), (t, ref)
+        assert t.verdict == magikarp_verdict(max(ref.values()))

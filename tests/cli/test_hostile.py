@@ -1443,7 +1443,74 @@ ENGINE = [
 ]
 
 
-@pytest.mark.parametrize("c", ENGINE)
+# census's outputs (census.jsonl, census.md/html, models/<name>.json and masks) against every file its models read
+
+
+def census_model_folder(path: Path) -> None:
+    """A Hugging Face folder: model.safetensors (planted), config.json, tokenizer.json."""
+    path.mkdir(parents=True, exist_ok=True)
+    tensors(path / M, **{"model.embed_tokens.weight": planted_matrix()})
+    (path / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 64}))
+    _tokenizer(path / "tokenizer.json")
+
+
+def census_json(source: str) -> str:
+    """models/<name>.json of ``census SOURCE`` with the default options (the first task's name)."""
+    from blackholes.pipelines.census_scan import Task
+
+    return f"{Task(source).name}.json"
+
+
+@builds("trap_model", "trap_census")
+def _census_hardlink_trap(path):
+    """trap_census/models/<name>.json is a hard link to trap_model's config.json."""
+    census_model_folder(path.parent / "trap_model")
+    (path.parent / "trap_census" / "models").mkdir(parents=True)
+    os.link(path.parent / "trap_model" / "config.json", path.parent / "trap_census" / "models" / census_json("trap_model"))
+
+
+@builds("linked_model", "linked_census")
+def _census_symlink_trap(path):
+    """linked_model/tokenizer.json is a symlink to a tokenizer kept in linked_census/models/ under the very
+    name the census would write there: writing it would change the model's tokenizer."""
+    model, models = path.parent / "linked_model", path.parent / "linked_census" / "models"
+    census_model_folder(model)
+    models.mkdir(parents=True)
+    kept = models / census_json("linked_model")
+    (model / "tokenizer.json").rename(kept)
+    (model / "tokenizer.json").symlink_to(os.path.relpath(kept, model))
+
+
+@builds("home")
+def _census_in_its_model_folder(path):
+    """home/ is both the census folder and the model's: the model lives in home/models/, and home/census.md
+    (rewritten by every census) is a hard link to its config.json."""
+    census_model_folder(path / "models")
+    os.link(path / "models" / "config.json", path / "census.md")
+
+
+@builds("model_here")
+def _model_here(path):
+    census_model_folder(path)
+
+
+CENSUS_OUTPUTS = [
+    case("census: models/<name>.json would be the model's config.json (a hard link)", "census", "trap_model",
+         "--out", "trap_census", "--workers", "1", words="is an input"),
+    case("census: models/<name>.json would be the model's tokenizer.json (a symlink into the census)", "census",
+         "linked_model", "--out", "linked_census", "--workers", "1", words="is an input"),
+    case("census --masks: the same, with masks asked for", "census", "linked_model", "--out", "linked_census",
+         "--masks", "--workers", "1", words="is an input"),
+    case("census --out the model's folder: census.md is its config.json", "census", "home/models", "--out", "home",
+         "--workers", "1", words="is an input"),
+    case("census --out the model's folder itself", "census", "model_here", "--out", "model_here", "--workers", "1",
+         words="not part of a census"),
+    case("census --out ../ the model's folder", "census", "model_here", "--out", "model_here/../model_here",
+         "--workers", "1", words="not part of a census"),
+]
+
+
+@pytest.mark.parametrize("c", ENGINE + CENSUS_OUTPUTS)
 def test_engine_census_and_sweep(c, tmp_path, capsys, monkeypatch):
     check_case(c, tmp_path, capsys, monkeypatch)
 

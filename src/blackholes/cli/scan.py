@@ -100,14 +100,8 @@ def _is_int(text: str) -> bool:
 
 
 def matrix_files(m) -> list:
-    """Every local file loading ``m`` read (``Matrix.read_files``: shards, manifest, config, index, cache
-    entries), and for a model folder its other weights too: what no output may overwrite."""
-    files = m.read_files()
-    if m.path is not None and not Path(m.source).expanduser().is_file():  # a folder or a cached id
-        folder = m.path.parent
-        files += [folder / "config.json", folder / "model.safetensors.index.json"]
-        files += sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.gguf"))
-    return files
+    """What no output may overwrite: :meth:`Matrix.guarded_files <blackholes.sources.matrix.Matrix.guarded_files>`."""
+    return m.guarded_files()
 
 
 def options(args) -> dict:

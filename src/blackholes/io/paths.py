@@ -85,10 +85,39 @@ def check_output_path(path: str | os.PathLike, *, inputs: Iterable = ()) -> Path
         raise BlackholesError(f"output directory does not exist: {parent}")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BlackholesError(f"cannot write to {parent} (permission denied)")
-    for source in inputs:
-        if source is not None and same_file(out, source):
-            raise BlackholesError(f"output {out} is an input of this command ({source}); choose another path")
+    refuse_inputs([out], inputs)
     return out
+
+
+def refuse_inputs(outputs: Iterable, inputs: Iterable) -> None:
+    """One line when any of ``outputs`` (existing or not) is one of ``inputs`` — through symlinks, hard
+    links and ``..``, as :func:`same_file` tells — in time linear in both (a census checks thousands).
+
+    >>> refuse_inputs(["census/census.jsonl"], ["model.safetensors"])
+    >>> refuse_inputs(["./sub/../model.safetensors"], ["model.safetensors"])
+    Traceback (most recent call last):
+    ...
+    blackholes.errors.BlackholesError: output ./sub/../model.safetensors is an input of this command (model.safetensors); choose another path
+    """
+    index: dict = {}
+    for source in inputs:
+        if source is not None:
+            for key in _identities(source):
+                index.setdefault(key, source)
+    for out in outputs:
+        for key in _identities(out):
+            if key in index:
+                raise BlackholesError(f"output {out} is an input of this command ({index[key]}); choose another path")
+
+
+def _identities(path) -> list[tuple]:
+    """What :func:`same_file` compares: where the path leads, and the file (device, inode) when it exists."""
+    keys = [("path", os.path.realpath(path))]
+    try:
+        st = os.stat(path)
+    except OSError:
+        return keys
+    return keys + [("inode", st.st_dev, st.st_ino)]
 
 
 def check_outputs(outputs: Iterable, inputs: Iterable = (), *, removals: Iterable = ()) -> list[Path]:

@@ -55,7 +55,7 @@ from blackholes import defaults
 from blackholes.errors import BlackholesError
 from blackholes.pipelines.census_scan import (  # noqa: F401 (the census's public names, in one place)
     MATRIX_CHOICES, ScanOutcome, Task, analysis_columns, build_row, error_row, estimate_bytes, follow_ups,
-    hole_digests, plan, scan_one, scan_options,
+    hole_digests, plan, scan_one, scan_options, task_files,
 )
 from blackholes.pipelines.census_store import CensusStore, check_census_dir, latest_rows, read_rows  # noqa: F401
 from blackholes.pipelines.runner import one_line  # noqa: F401
@@ -263,6 +263,8 @@ def census(sources=(), *, out: str | os.PathLike | None = None, from_file=None, 
     tasks = plan(names, matrix=opts.matrix, options=scan_options(opts.near, opts.indicators),
                  masks=opts.masks and out is not None)
     store = CensusStore(out) if out is not None else None  # checked before any work; nothing written yet
+    if store is not None:  # no file of the census may replace a file a model reads
+        store.check_inputs(tasks, task_files)
     with cluster(opts.scheduler, workers=opts.workers, timeout=opts.connect_timeout) as client:
         if store is not None:
             store.open()

@@ -70,6 +70,7 @@ class ScanOutcome:
     row: dict
     doc: dict | None = None
     result: ScanResult | None = None
+    reads: tuple[str, ...] = ()  # every file loading the model read: what the driver's files may not replace
 
 
 
@@ -93,7 +94,7 @@ def scan_one(task: Task) -> ScanOutcome:
         result = scan(m, threads=task.threads, **dict(task.options))
         doc = result.to_json()
         row = build_row(task, m, result, doc, tied)
-        outcome = ScanOutcome(row, doc, result if task.masks else None)
+        outcome = ScanOutcome(row, doc, result if task.masks else None, tuple(map(str, m.guarded_files())))
     except Exception as e:  # a failing model is a row, never the end of the census
         outcome = ScanOutcome(error_row(task, one_line(e)))
     outcome.row["seconds"] = time.perf_counter() - t0
@@ -316,6 +317,21 @@ def scan_options(near=None, indicators: bool = False) -> dict:
     if indicators:
         options["indicators"] = True
     return options
+
+
+def task_files(task: Task) -> list:
+    """The files loading ``task``'s model reads (:meth:`Matrix.guarded_files`), from its headers only;
+    remote sources are not opened (that would fetch the tensor) and a model that cannot be loaded
+    here reads nothing: ``[]`` (its task reports why)."""
+    if "://" in task.source:
+        return []
+    try:
+        from blackholes.sources import load_matrix
+
+        m = load_matrix(task.source, matrix=None if task.request == "default" else task.request)
+    except Exception:  # the task itself will report it as an error row
+        return []
+    return m.guarded_files()
 
 
 def estimate_bytes(task: Task) -> int:

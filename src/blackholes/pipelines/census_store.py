@@ -13,9 +13,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dataclasses import replace
+
 from blackholes.errors import BlackholesError
 from blackholes.io.jsonl import JsonlStore
+from blackholes.io.paths import refuse_inputs
 from blackholes.pipelines.census_scan import ScanOutcome, Task
+
+MODEL_SUFFIXES = (".json", ".mask.safetensors", ".verification.json")  # models/<name><suffix>
 
 
 class CensusStore:
@@ -47,13 +52,39 @@ class CensusStore:
         """One JSON line, flushed and fsynced: a crash after this returns loses nothing."""
         self.store.append(row)
 
+    def outputs(self, task: Task) -> list[Path]:
+        """Every file the census may write for ``task`` (and for its input matrix, with ``--matrix both``)."""
+        tasks = [task] + ([replace(task, request="input", follow_up=False)] if task.follow_up else [])
+        return [self.models / f"{t.name}{suffix}" for t in tasks for suffix in MODEL_SUFFIXES]
+
+    def check_inputs(self, tasks: list[Task], files_of) -> None:
+        """Refuse, before anything is written, a census whose files would replace a file one of its
+        models reads (``files_of(task)``: :func:`~blackholes.pipelines.census_scan.task_files`) —
+        through symlinks, hard links and ``..`` — or that holds one already (it is replaced on --redo)."""
+        outputs = [self.out / name for name in sorted(self.FILES)]  # and every file there (plots: only those)
+        outputs += [p for folder in self.FOLDERS if (self.out / folder).is_dir()
+                    for p in sorted((self.out / folder).iterdir())]
+        inputs = []
+        for task in tasks:
+            inputs += files_of(task)
+            outputs += self.outputs(task)
+        refuse_inputs(outputs, inputs)
+
     def write_model(self, task: Task, outcome: ScanOutcome) -> None:
-        """The model's scan JSON (and mask) into models/, atomically; their paths go into the row."""
+        """The model's scan JSON (and mask) into models/, atomically; their paths go into the row.
+        Checked again against the files the worker read: a file the model reads is never replaced
+        (the row then says so, and nothing is written)."""
         from blackholes.io.atomic import write_json
 
         if outcome.doc is None:
             return
         name = task.name
+        try:
+            refuse_inputs(self.outputs(task) + [self.jsonl], outcome.reads)
+        except BlackholesError as e:
+            outcome.row.update(error=str(e), scan_json=None, mask=None)
+            outcome.doc = outcome.result = None
+            return
         write_json(self.models / f"{name}.json", outcome.doc)
         outcome.row["scan_json"] = f"models/{name}.json"
         if outcome.result is not None:

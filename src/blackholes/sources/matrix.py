@@ -85,6 +85,20 @@ class Matrix:
         """
         return [p for p in dict.fromkeys((self.path, self.tokenizer, *self.inputs)) if p is not None]
 
+    def guarded_files(self) -> list[Path]:
+        """:meth:`read_files`, and for a model folder (or a cached id) its other weights, config and
+        index too: every file no output of a command that read this matrix may replace.
+
+        >>> Matrix(np.zeros((2, 2), np.float32), "F32", "model.safetensors", Path("model.safetensors"), "x").guarded_files()
+        [PosixPath('model.safetensors')]
+        """
+        files = self.read_files()
+        if self.path is not None and not Path(self.source).expanduser().is_file():  # a folder or a cached id
+            folder = self.path.parent
+            files += [folder / "config.json", folder / "model.safetensors.index.json"]
+            files += sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.gguf"))
+        return files
+
     def float_rows(self, start: int, stop: int) -> np.ndarray:
         """float32 values of rows ``start:stop`` (widened, or dequantised with the format's own code).
 

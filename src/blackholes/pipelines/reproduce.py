@@ -412,6 +412,10 @@ def _compare_numerics(run: _Run, trained_here, final, f: _Findings, dyn) -> dict
     run.say(f"[4b] the same run with {other.numerics} numerics, to tell the recipe from its rounding ...")
     with run.stage("compare_numerics"):
         trained = train(other, run.files["recording_other"], progress=run.progress)
+        if trained.interrupted:  # stopped: no comparison from a part of a run, as _train stops without a report
+            from blackholes.errors import Stopped
+
+            raise Stopped(trained.stopped_by)
         rec = Recording(run.files["recording_other"])
         final_other = scan(np.asarray(rec.tensor("embeddings")[-1]), dtype=rec.dtype)
         hole_other = _hole_tokens(final_other, f.never_seen + f.never_drawn)

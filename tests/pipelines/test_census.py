@@ -279,15 +279,9 @@ def test_interrupted_census_keeps_rows_and_resumes(tmp_path):
 
 
 CLI = """
-import sys, argparse
-from blackholes.cli import census as cli
-parser = argparse.ArgumentParser(prog="blackholes")
-cli.add_parser(parser.add_subparsers()).set_defaults(_run=cli.run)
-args = parser.parse_args(["census", *sys.argv[1:]])
-try:
-    sys.exit(args._run(args))
-except KeyboardInterrupt:  # as blackholes.cli.main does
-    sys.exit(130)
+import sys
+from blackholes.cli.main import main  # the one stop line of every command: cli/main.py:stop_line
+sys.exit(main(["census", *sys.argv[1:]]))
 """
 
 

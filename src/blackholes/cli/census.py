@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
+
+from blackholes.errors import Stopped
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,10 +71,9 @@ def run(args) -> int:
         options["scheduler"] = (os.environ.get("DASK_SCHEDULER_ADDRESS") if args.workers is None else None) or "local"
     result = census(args.sources, out=args.out, from_file=args.from_file, hf_cache=args.hf_cache,
                     ollama=args.ollama, log=None if args.quiet else _stderr, **options)
-    if result.interrupted:
-        print(f"blackholes: {stopped_words(result.stopped_by)}: {result.scanned:,} rows kept in "
-              f"{result.out}/census.jsonl; run the same command again to go on", file=sys.stderr)
-        return 128 + int(getattr(signal, result.stopped_by or "SIGINT"))
+    if result.interrupted:  # the one stop line: cli/main.py
+        raise Stopped(result.stopped_by, kept=f"{result.scanned:,} rows kept in {result.out}/census.jsonl; "
+                      "run the same command again to go on")
     if not args.quiet:
         from blackholes.pipelines.census import human_bytes
 
@@ -82,11 +82,6 @@ def run(args) -> int:
     md, page = result.summary
     print(f"Summary: {page}  (also {md.name}, census.jsonl; all files in {result.out}/)")
     return 0
-
-
-def stopped_words(signal_name: str | None) -> str:
-    """How every command names what stopped it: ``interrupted``, ``terminated (SIGTERM)``, ``hung up (SIGHUP)``."""
-    return {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}.get(signal_name or "", "interrupted")
 
 
 def _stderr(line: str) -> None:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from blackholes import defaults
-from blackholes.errors import BlackholesError
+from blackholes.errors import BlackholesError, Stopped
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -61,9 +62,16 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise BlackholesError(f"--workers must be at least 1, got {args.workers}")
     scheduler = args.scheduler  # None: $DASK_SCHEDULER_ADDRESS when set (and no --workers), else local
-    result = history(args.sources, out=args.out, revisions=args.revisions, matrix=args.matrix, near=args.near,
-                     workers=args.workers, scheduler=scheduler, redo=args.redo, json_path=args.json,
-                     progress="checkpoints" if not args.quiet and sys.stderr.isatty() else None, log=_stderr)
+    try:
+        result = history(args.sources, out=args.out, revisions=args.revisions, matrix=args.matrix, near=args.near,
+                         workers=args.workers, scheduler=scheduler, redo=args.redo, json_path=args.json,
+                         progress="checkpoints" if not args.quiet and sys.stderr.isatty() else None, log=_stderr)
+    except Stopped as e:  # the runner kept every finished checkpoint's row; the one stop line: cli/main.py
+        from blackholes.io.jsonl import JsonlStore
+
+        rows = Path(args.out) / "history.jsonl"
+        kept = len(JsonlStore(rows).rows()) if rows.is_file() else 0
+        raise Stopped(e.signal_name, kept=f"{kept:,} rows kept in {rows}; run the same command again to go on") from None
     if not args.quiet:
         from blackholes.render.history import headline
 

@@ -83,11 +83,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blackholes: error: {_one_line(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
-        if received[0] is None and getattr(e, "signal_name", None):  # a lower layer stopped at a safe point
+        if received[0] is None and getattr(e, "signal_name", None):  # errors.Stopped: stopped at a safe point
             received[0] = getattr(signal, e.signal_name)
-        name = {signal.SIGTERM: "terminated (SIGTERM)", signal.SIGHUP: "hung up (SIGHUP)"}.get(received[0], "interrupted")
-        print(f"blackholes: {name}", file=sys.stderr)
-        return 128 + int(received[0] or signal.SIGINT)
+        number = signal.Signals(received[0] or signal.SIGINT)
+        print(stop_line(number.name, getattr(e, "kept", None)), file=sys.stderr)
+        return 128 + int(number)
     except BrokenPipeError:
         return 1
     except MemoryError:
@@ -98,6 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         name = f": {e.filename}" if getattr(e, "filename", None) else ""
         print(f"blackholes: error: {e.strerror or e}{name}", file=sys.stderr)
         return 2
+
+
+def stop_line(signal_name: str, kept: str | None = None) -> str:
+    """The one line every command ends with when a signal stopped it (``kept``: what it kept).
+
+    >>> stop_line("SIGTERM", "3 rows kept in c/census.jsonl; run the same command again to go on")
+    'blackholes: terminated (SIGTERM): 3 rows kept in c/census.jsonl; run the same command again to go on'
+    >>> stop_line("SIGINT")
+    'blackholes: interrupted: no output left half-written'
+    """
+    words = {"SIGTERM": "terminated (SIGTERM)", "SIGHUP": "hung up (SIGHUP)"}.get(signal_name, "interrupted")
+    return f"blackholes: {words}: {_one_line(kept or 'no output left half-written')}"
 
 
 def _one_line(text: str) -> str:

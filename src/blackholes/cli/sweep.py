@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import signal
 import sys
 
 from blackholes.errors import BlackholesError
@@ -100,12 +99,11 @@ def run(args) -> int:
         confirm=_ask if sys.stdin.isatty() and not args.quiet else None,
         progress=not args.quiet, log=None if args.quiet else _stderr, **own, **options,
     )
-    if result.interrupted:
-        from blackholes.cli.census import stopped_words
+    if result.interrupted:  # the one stop line: cli/main.py
+        from blackholes.errors import Stopped
 
-        print(f"blackholes: {stopped_words(result.stopped_by)}: {len(result.runs):,} finished runs kept in "
-              f"{result.out}/runs.jsonl; run the same command again to go on", file=sys.stderr)
-        return 128 + int(getattr(signal, result.stopped_by or "SIGINT"))
+        raise Stopped(result.stopped_by, kept=f"{len(result.runs):,} finished runs kept in {result.out}/runs.jsonl; "
+                      "run the same command again to go on")
     if not args.quiet:
         print(result.summary())
         print(f"Sweep: {len(result.runs):,} runs ({result.trained:,} trained, {result.skipped:,} already done, "

@@ -14,7 +14,6 @@ field, declared (with its default and help) there.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 
 
@@ -56,11 +55,11 @@ def run(args) -> int:
                 print(f"blackholes: warning: {w.message}", file=sys.stderr)
         else:
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
-    if result.interrupted:
-        by = f" ({result.stopped_by})" if result.stopped_by else ""
-        print(f"blackholes: interrupted after {result.steps_done} steps{by}; "
-              f"partial recording (complete: false) written to {result.path}", file=sys.stderr)
-        return 128 + int(getattr(signal, result.stopped_by or "SIGINT"))
+    if result.interrupted:  # the one stop line: cli/main.py
+        from blackholes.errors import Stopped
+
+        raise Stopped(result.stopped_by, kept=f"interrupted after {result.steps_done} steps; partial recording "
+                      f"(complete: false) written to {result.path}")
     if not args.quiet:
         print(result.summary())
     return 0

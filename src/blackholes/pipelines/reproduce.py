@@ -294,13 +294,10 @@ def _train(run: _Run):
         _remove_previous(run.out)  # --force: no file of an earlier run may survive to be mistaken for this one's
         trained = train(cfg, run.files["recording"], progress=run.progress)
     if trained.interrupted:  # Ctrl-C: train() kept the steps done so far; stop like any interrupted command
-        import sys
-
-        print(f"interrupted after {trained.steps_done:,} steps: partial recording kept at {run.files['recording']}; "
-              "no report written", file=sys.stderr)
         from blackholes.errors import Stopped
 
-        raise Stopped(trained.stopped_by)
+        raise Stopped(trained.stopped_by, kept=f"interrupted after {trained.steps_done:,} steps: partial recording "
+                      f"kept at {run.files['recording']}; no report written")
     run.say(f"      recorded {trained.steps_done:,} steps in {trained.seconds:.1f} s -> {run.files['recording']}")
     return trained
 

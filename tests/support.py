@@ -4,6 +4,7 @@ the CLI as a real process, the one-line-error assertion every bad input must pas
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -42,3 +43,31 @@ def assert_one_line_error(status: int, err: str, words: str | None = None) -> st
     if words is not None:
         assert words in err, err
     return err
+
+
+# ---------------------------------------------------------------------------- a Dask cluster as users start one
+
+DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this very environment
+
+
+def dask_environment() -> dict:
+    """The environment the cluster's processes and the commands under test run in: this checkout's
+    package, and no $DASK_SCHEDULER_ADDRESS (the commands must be given the address)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("DASK_SCHEDULER_ADDRESS", None)
+    return env
+
+
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """End a process and every child it started (a worker's nannies and their workers)."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)

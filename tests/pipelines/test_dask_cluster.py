@@ -20,70 +20,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
+from support import ROOT, dask_environment
 
 distributed = pytest.importorskip("distributed", reason="the real-cluster tests need dask[distributed]")
 
-ROOT = Path(__file__).resolve().parents[2]
 TIMING = ("seconds", "started", "worker")  # what two runs of one census may differ in
 SWEEP_VARIES = ("seconds", "batch", "part", "recording")
-DASK = [sys.executable, "-m", "dask"]  # the `dask` command of this very environment
 TINY = ["--vocab", "32", "--context", "16", "--width", "16", "--layers", "1", "--heads", "2"]
 
 
-def environment() -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
-    env.pop("DASK_SCHEDULER_ADDRESS", None)
-    return env
-
-
-def stop(proc: subprocess.Popen) -> None:
-    """End a process and every child it started (a worker's nannies and their workers)."""
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=10)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    """``dask scheduler`` on a free port and ``dask worker ADDRESS --nworkers 2 --nthreads 1``;
-    yields (address, a client for looking only). Always torn down."""
-    folder = tmp_path_factory.mktemp("cluster")
-    file = folder / "scheduler.json"
-    procs = []
-    probe = None
-    try:
-        procs.append(subprocess.Popen(
-            [*DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file", str(file)],
-            cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "wb"),
-            start_new_session=True))
-        deadline = time.time() + 30
-        while time.time() < deadline and not (file.is_file() and file.read_text().strip().endswith("}")):
-            time.sleep(0.05)
-        address = json.loads(file.read_text())["address"]
-        procs.append(subprocess.Popen(
-            [*DASK, "worker", address, "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
-            cwd=ROOT, env=environment(), stdout=subprocess.DEVNULL, stderr=open(folder / "worker.log", "wb"),
-            start_new_session=True))
-        probe = distributed.Client(address, timeout=30, set_as_default=False)
-        probe.wait_for_workers(2, timeout=60)
-        yield address, probe
-    finally:
-        if probe is not None:
-            probe.close()
-        for proc in reversed(procs):
-            stop(proc)
+def cluster(dask_cluster):
+    """The `dask scheduler` + `dask worker` processes of tests/conftest.py (one home for every real-cluster test)."""
+    return dask_cluster
 
 
 def blackholes(*argv, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "blackholes", *map(str, argv)], cwd=ROOT, env=environment(),
+    return subprocess.run([sys.executable, "-m", "blackholes", *map(str, argv)], cwd=ROOT, env=dask_environment(),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -146,7 +99,7 @@ def test_census_finds_the_cluster_by_environment_or_by_a_client_that_is_not_the_
     address, probe = cluster
     sources = [write_model(tmp_path / f"m{i}.safetensors", seed=i) for i in range(2)]
     env = subprocess.run([sys.executable, "-m", "blackholes", "census", *sources, "--out", tmp_path / "env", "--quiet"],
-                         cwd=ROOT, env={**environment(), "DASK_SCHEDULER_ADDRESS": address}, capture_output=True,
+                         cwd=ROOT, env={**dask_environment(), "DASK_SCHEDULER_ADDRESS": address}, capture_output=True,
                          text=True, timeout=120)
     assert env.returncode == 0, env.stderr
     from blackholes.pipelines.census import census

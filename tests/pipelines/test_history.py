@@ -337,3 +337,43 @@ def test_a_rerun_reads_again_only_what_it_cannot_trust(tmp_path):
     again = history([tmp_path / "run"], out=tmp_path / "h", workers=1)
     assert again.read == 2 and (again.checkpoints, again.events) == (first.checkpoints, first.events)
     assert history([tmp_path / "run"], out=tmp_path / "h", workers=1).read == 0
+
+
+def test_the_command_on_a_real_cluster_gives_the_local_history(dask_cluster, tmp_path):
+    """`blackholes history run --scheduler tcp://...` against `dask scheduler` + `dask worker` processes
+    (tests/conftest.py), through the real CLI in its own process: history.json is the local run's."""
+    import subprocess
+
+    from support import ROOT, dask_environment
+
+    address, probe = dask_cluster
+    for i, m in enumerate(planted()):
+        write_checkpoint(tmp_path / "run" / f"checkpoint-{i}", m)
+
+    def command(*argv):
+        return subprocess.run([sys.executable, "-m", "blackholes", "history", str(tmp_path / "run"), *argv,
+                               "--quiet"], cwd=ROOT, env=dask_environment(), capture_output=True, text=True,
+                              timeout=180)
+
+    local = command("--out", str(tmp_path / "local"), "--workers", "1")
+    dask = command("--out", str(tmp_path / "h"), "--scheduler", address)
+    assert local.returncode == 0 and dask.returncode == 0 and "Traceback" not in dask.stderr, dask.stderr
+    here, there = (json.loads((tmp_path / d / "history.json").read_text()) for d in ("local", "h"))
+    assert without_timing(there) == without_timing(here)
+    done = probe.run_on_scheduler(finished_keys)  # the checkpoints were read on the cluster's workers
+    for i in range(len(planted())):
+        assert any(f"run-checkpoint-{i}-" in key for key in done), (i, done)
+
+
+def without_timing(doc):
+    """A history document without what two runs of one series may differ in (when and where it ran)."""
+    if isinstance(doc, dict):
+        return {k: without_timing(v) for k, v in doc.items() if k not in ("seconds", "worker", "started", "out")}
+    if isinstance(doc, list):
+        return [without_timing(v) for v in doc]
+    return doc
+
+
+def finished_keys(dask_scheduler=None) -> list[str]:
+    """On the scheduler: the keys of every task that finished in memory (the runner's keys name the checkpoint)."""
+    return sorted({str(t[0]) for t in dask_scheduler.transition_log if t[2] == "memory"})

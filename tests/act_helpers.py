@@ -141,7 +141,7 @@ def tiny_llama_with_tokenizer(folder: Path) -> tuple[Path, list[int]]:
     hole = list(range(vocab - 20, vocab - 14))
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
                          tie_word_embeddings=False, bos_token_id=None, eos_token_id=0, pad_token_id=None)
     model = LlamaForCausalLM(config)
     with torch.no_grad():

@@ -25,7 +25,7 @@ from blackholes.analysis.groups import scan  # noqa: E402
 from blackholes.errors import BlackholesError  # noqa: E402
 from blackholes.io.dtypes import bf16_from_float32  # noqa: E402
 from blackholes.io.safetensors import save_safetensors  # noqa: E402
-from blackholes.render.model_report import PLOT_NAMES, report_paths, write_report  # noqa: E402
+from blackholes.render.model_report import OWNED_PLOTS, PLOT_NAMES, report_paths, write_report  # noqa: E402
 from blackholes.render.report_answer import facts, id_ranges  # noqa: E402
 
 V, D = 20_000, 256
@@ -409,7 +409,7 @@ def test_report_paths_and_stale_plots(small, tmp_path, quick_plots):
     assert report_paths(out) == [out / "report.md", out / "report.html"]
     first = write_report(scan(root / "named" / "model.safetensors", near=8, indicators=True), out)
     listed = report_paths(out)
-    assert set(first.plots) <= set(listed) and len(listed) == 2 + 3 * len(PLOT_NAMES)
+    assert set(first.plots) <= set(listed) and len(listed) == 2 + 3 * len(OWNED_PLOTS)
     second = write_report(scan(root / "named" / "model.safetensors"), out)
     assert sorted((out / "plots").iterdir()) == sorted(second.plots)  # the previous report's extra plots are gone
     (tmp_path / "file").write_text("x")

@@ -41,7 +41,8 @@ from blackholes.render.report_page import answer_section, intro, made_with, scan
 from blackholes.render.report_plots import draw_plots
 
 REPORT_FILES = ("report.md", "report.html")
-PLOT_NAMES = ("norms.png", "indicator.png", "holes.png", "map.png", "verification.png")
+PLOT_NAMES = ("norms.png", "indicator.png", "holes.png", "map.png")  # every scan's report
+OWNED_PLOTS = PLOT_NAMES + ("verification.png",)  # and the one a scan --verify adds: all this report may write
 PREFIXES = ("", "input_", "output_")  # one matrix; --matrix both: one set of plots per matrix
 
 
@@ -62,7 +63,7 @@ def report_paths(folder: str | os.PathLike) -> list[Path]:
         raise BlackholesError(f"--report takes a folder, but {folder} is a file")
     out = [folder / name for name in REPORT_FILES]
     if (folder / "plots").is_dir():
-        out += [folder / "plots" / (prefix + name) for prefix in PREFIXES for name in PLOT_NAMES]
+        out += [folder / "plots" / (prefix + name) for prefix in PREFIXES for name in OWNED_PLOTS]
     return out
 
 
@@ -169,7 +170,7 @@ def _remove_stale(plots: Path, written: list[Path]) -> None:
     """Remove this report's plot names that this run did not draw: the folder matches the page."""
     keep = {p.name for p in written}
     for prefix in PREFIXES:
-        for name in PLOT_NAMES:
+        for name in OWNED_PLOTS:
             stale = plots / (prefix + name)
             if stale.name not in keep and stale.is_file():
                 stale.unlink()

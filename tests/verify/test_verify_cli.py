@@ -41,7 +41,9 @@ def test_verify_writes_the_verification_section(lm, tmp_path):
     assert json.loads(out.read_text())["verification"]["tokens"] == doc["tokens"]
 
 
-def test_ctrl_c_keeps_the_verdicts_done_so_far(lm, tmp_path):
+@pytest.mark.parametrize("sig, status, words", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_ctrl_c_keeps_the_verdicts_done_so_far(lm, tmp_path, sig, status, words):
     out, store = tmp_path / "v.json", tmp_path / "v.jsonl"
     cmd = [sys.executable, "-m", "blackholes", "verify", str(lm["folder"]), "--tokens", "0-199", "--batch-size",
            "2", "--json", str(out), "--device", "cpu", "--quiet"]
@@ -49,10 +51,13 @@ def test_ctrl_c_keeps_the_verdicts_done_so_far(lm, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and (not store.exists() or len(store.read_text().splitlines()) < 3):
         time.sleep(0.2)
-    p.send_signal(signal.SIGINT)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
-    assert p.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert p.returncode == status, err
+    assert "interrupted" in err or sig != signal.SIGINT
+    assert "Traceback" not in err
+    stops = [line for line in err.splitlines() if line.startswith("blackholes:")]
+    assert stops == [line for line in stops if line.startswith(f"blackholes: {words}: ")] and len(stops) == 1
     kept = len(store.read_text().splitlines()) - 1
     doc = json.loads(out.read_text())["verification"]
     assert doc["complete"] is False and len(doc["tokens"]) == kept and 2 <= kept < 200

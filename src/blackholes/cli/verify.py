@@ -11,7 +11,6 @@ Magikarp"), many tokens per forward pass. Parsing and calling only; the work is 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from blackholes.errors import BlackholesError
@@ -120,10 +119,9 @@ def run(args) -> int:
         print(result.summary())
         if args.json:
             print(f"Verification written to {args.json}" + (f" (verdicts as they came: {store})" if store else ""))
-    if not result.complete:
-        print(f"blackholes: interrupted: {len(result.tokens):,} verdicts kept"
-              + (f" in {store}; run the same command again to go on" if store else ""), file=sys.stderr)
-        raise Stopped("SIGINT")
+    if not result.complete:  # the signal that stopped it is the CLI's to name (cli/main.py: stop_line)
+        raise Stopped(kept=f"{len(result.tokens):,} verdicts kept"
+                      + (f" in {store}; run the same command again to go on" if store else ""))
     return 0
 
 

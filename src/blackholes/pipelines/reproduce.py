@@ -412,7 +412,8 @@ def _compare_numerics(run: _Run, trained_here, final, f: _Findings, dyn) -> dict
         if trained.interrupted:  # stopped: no comparison from a part of a run, as _train stops without a report
             from blackholes.errors import Stopped
 
-            raise Stopped(trained.stopped_by)
+            raise Stopped(trained.stopped_by, kept=f"interrupted after {trained.steps_done:,} steps of the "
+                                                   f"{other.numerics} run; no comparison and no report written")
         rec = Recording(run.files["recording_other"])
         final_other = scan(np.asarray(rec.tensor("embeddings")[-1]), dtype=rec.dtype)
         hole_other = _hole_tokens(final_other, f.never_seen + f.never_drawn)

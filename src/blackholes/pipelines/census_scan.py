@@ -320,7 +320,7 @@ def scan_options(near=None, indicators: bool = False) -> dict:
 
 
 def task_files(task: Task) -> list:
-    """The files loading ``task``'s model reads (:meth:`Matrix.guarded_files`), from its headers only;
+    """The files loading ``task``'s model reads (:meth:`blackholes.sources.matrix.Matrix.guarded_files`), from its headers only;
     remote sources are not opened (that would fetch the tensor) and a model that cannot be loaded
     here reads nothing: ``[]`` (its task reports why)."""
     if "://" in task.source:

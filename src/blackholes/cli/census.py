@@ -14,8 +14,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
+from pathlib import Path
 
+from blackholes.cli.common import kept_rows, log_line
 from blackholes.errors import Stopped
 
 
@@ -70,10 +71,9 @@ def run(args) -> int:
     if options["scheduler"] is None:  # else $DASK_SCHEDULER_ADDRESS, unless --workers asks for the local pool
         options["scheduler"] = (os.environ.get("DASK_SCHEDULER_ADDRESS") if args.workers is None else None) or "local"
     result = census(args.sources, out=args.out, from_file=args.from_file, hf_cache=args.hf_cache,
-                    ollama=args.ollama, log=None if args.quiet else _stderr, **options)
+                    ollama=args.ollama, log=None if args.quiet else log_line, **options)
     if result.interrupted:  # the one stop line: cli/main.py
-        raise Stopped(result.stopped_by, kept=f"{result.scanned:,} rows kept in {result.out}/census.jsonl; "
-                      "run the same command again to go on")
+        raise Stopped(result.stopped_by, kept=kept_rows(Path(result.out) / "census.jsonl"))
     if not args.quiet:
         from blackholes.pipelines.census import human_bytes
 
@@ -83,6 +83,3 @@ def run(args) -> int:
     print(f"Summary: {page}  (also {md.name}, census.jsonl; all files in {result.out}/)")
     return 0
 
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

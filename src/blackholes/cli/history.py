@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from blackholes import defaults
+from blackholes.cli.common import kept_rows, log_line
 from blackholes.errors import BlackholesError, Stopped
 
 
@@ -65,13 +66,9 @@ def run(args) -> int:
     try:
         result = history(args.sources, out=args.out, revisions=args.revisions, matrix=args.matrix, near=args.near,
                          workers=args.workers, scheduler=scheduler, redo=args.redo, json_path=args.json,
-                         progress="checkpoints" if not args.quiet and sys.stderr.isatty() else None, log=_stderr)
+                         progress="checkpoints" if not args.quiet and sys.stderr.isatty() else None, log=log_line)
     except Stopped as e:  # the runner kept every finished checkpoint's row; the one stop line: cli/main.py
-        from blackholes.io.jsonl import JsonlStore
-
-        rows = Path(args.out) / "history.jsonl"
-        kept = len(JsonlStore(rows).rows()) if rows.is_file() else 0
-        raise Stopped(e.signal_name, kept=f"{kept:,} rows kept in {rows}; run the same command again to go on") from None
+        raise Stopped(e.signal_name, kept=kept_rows(Path(args.out) / "history.jsonl")) from None
     if not args.quiet:
         from blackholes.render.history import headline
 
@@ -84,6 +81,3 @@ def run(args) -> int:
     print(f"Page: {result.out / 'history.html'}  (also history.md, history.json; all files in {result.out}/)")
     return 0
 
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

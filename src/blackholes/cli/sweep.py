@@ -17,7 +17,9 @@ import argparse
 import dataclasses
 import os
 import sys
+from pathlib import Path
 
+from blackholes.cli.common import kept_rows, log_line
 from blackholes.errors import BlackholesError
 
 GRID_HELP = "a value, a comma list, or ranges: A-B (integers), log:START:STOP:N, lin:START:STOP:N"
@@ -97,13 +99,12 @@ def run(args) -> int:
     result = sweep(
         args.out, compile="never" if args.no_compile else "auto",
         confirm=_ask if sys.stdin.isatty() and not args.quiet else None,
-        progress=not args.quiet, log=None if args.quiet else _stderr, **own, **options,
+        progress=not args.quiet, log=None if args.quiet else log_line, **own, **options,
     )
     if result.interrupted:  # the one stop line: cli/main.py
         from blackholes.errors import Stopped
 
-        raise Stopped(result.stopped_by, kept=f"{len(result.runs):,} finished runs kept in {result.out}/runs.jsonl; "
-                      "run the same command again to go on")
+        raise Stopped(result.stopped_by, kept=kept_rows(Path(result.out) / "runs.jsonl"))
     if not args.quiet:
         print(result.summary())
         print(f"Sweep: {len(result.runs):,} runs ({result.trained:,} trained, {result.skipped:,} already done, "
@@ -148,6 +149,3 @@ def _ask(runs: int) -> bool:
     except EOFError:
         return False
 
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)

@@ -637,7 +637,7 @@ def run_coarsening(args) -> int:
     inputs = [p for p in (opts.centre.path, opts.target.path if opts.target else None) if p]
     _check_out_dir(out, inputs, force=bool(getattr(args, "force", False)))
     quiet = bool(getattr(args, "quiet", False))
-    log = None if quiet else (lambda line: print(line, file=sys.stderr, flush=True))
+    log = None if quiet else (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))  # one write: see cli.common.log_line
     if log:
         log(f"Coarsening sweep: {len(opts.sigmas):,} sigma x {len(opts.seeds):,} seeds, {opts.tokens:,} rows x "
             f"{opts.dim:,} dims rounded to {opts.dtype}, around " + opts.centre.describe().replace("`", ""))

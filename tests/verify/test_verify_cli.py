@@ -105,7 +105,11 @@ def _too_large(folder):
     return folder
 
 
-def test_bad_input_is_one_line(lm, tmp_path):
+def test_bad_input_is_one_line(lm, tmp_path, capsys):
+    """The CLI's own main() in this process (what `python -m blackholes` calls): each refusal is one line,
+    without paying a fresh interpreter's torch and transformers imports seven times."""
+    from blackholes.cli import main
+
     no_tok = tmp_path / "no_tokenizer"
     shutil.copytree(lm["folder"], no_tok, ignore=shutil.ignore_patterns("tokenizer*"))
     cases = [
@@ -123,8 +127,9 @@ def test_bad_input_is_one_line(lm, tmp_path):
 
             if torch.cuda.is_available():
                 continue
-        p = run_blackholes(*argv)
-        assert_one_line_error(p.returncode, p.stderr, words)
+        capsys.readouterr()
+        status = main([str(a) for a in argv])
+        assert_one_line_error(status, capsys.readouterr().err, words)
 
 
 def test_scan_verify_adds_the_verdicts_to_the_json_the_mask_and_the_report(lm, tmp_path):

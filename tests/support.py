@@ -71,3 +71,27 @@ def stop_process_group(proc: subprocess.Popen) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=10)
+
+
+def kill_a_busy_worker(client, key_prefix: str, *, within: float = 60.0):
+    """Start a thread that SIGKILLs the first worker seen running a task whose key starts ``key_prefix``,
+    a moment into it; returns ``(thread, killed)``, ``killed`` the list of the worker addresses it killed."""
+    import threading
+    import time
+
+    pids = client.run(os.getpid)
+    killed: list[str] = []
+
+    def killer():
+        deadline = time.time() + within
+        while time.time() < deadline and not killed:
+            busy = [w for w, keys in client.processing().items() if any(key_prefix in str(k) for k in keys)]
+            if busy and busy[0] in pids:
+                time.sleep(0.15)  # well inside the task
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer)
+    thread.start()
+    return thread, killed

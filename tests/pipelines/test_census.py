@@ -569,21 +569,7 @@ def test_dask_worker_killed_mid_model(tmp_path, cluster):
     sources = []
     for i in range(3):
         sources.append(slow_model(tmp_path / f"slow{i}.safetensors", seed=i))
-    pids = cluster.run(os.getpid)
-    killed = []
-
-    def killer():
-        deadline = time.time() + 20
-        while time.time() < deadline and not killed:
-            busy = [w for w, keys in cluster.processing().items() if any("census-" in str(k) for k in keys)]
-            if busy:
-                time.sleep(0.15)  # well inside the model's scan
-                os.kill(pids[busy[0]], signal.SIGKILL)
-                killed.append(busy[0])
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
+    thread, killed = support.kill_a_busy_worker(cluster, "census-", within=20)
     r = C.census(sources, out=tmp_path / "out", scheduler=cluster, summary=False)
     thread.join()
     assert killed and r.failed == 0 and r.scanned == 3

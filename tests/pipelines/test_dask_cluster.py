@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from safetensors.numpy import save_file
-from support import ROOT, dask_environment
+from support import ROOT, dask_environment, kill_a_busy_worker
 
 distributed = pytest.importorskip("distributed", reason="the real-cluster tests need dask[distributed]")
 
@@ -149,21 +147,7 @@ def test_a_worker_killed_mid_model_costs_one_retry(cluster, tmp_path):
     address, probe = cluster
     # two models on two one-thread workers: each worker holds one model, nothing waits behind it
     sources = [slow_model(tmp_path / f"slow{i}.safetensors", seed=i) for i in range(2)]
-    pids = probe.run(os.getpid)
-    killed = []
-
-    def killer():
-        deadline = time.time() + 60
-        while time.time() < deadline and not killed:
-            busy = [w for w, keys in probe.processing().items() if any("census-" in str(k) for k in keys)]
-            if busy and busy[0] in pids:
-                time.sleep(0.15)  # well inside the model's scan
-                os.kill(pids[busy[0]], signal.SIGKILL)
-                killed.append(busy[0])
-            time.sleep(0.01)
-
-    thread = threading.Thread(target=killer)
-    thread.start()
+    thread, killed = kill_a_busy_worker(probe, "census-", within=60)
     try:
         r = blackholes("census", *sources, "--out", tmp_path / "out", "--scheduler", address)
     finally:
